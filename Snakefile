@@ -1,0 +1,20 @@
+"""hessvalley: SGD noise and the Hessian of the loss (Wei & Schwab; Sagun et al.; Xing et al.).
+
+Run everything on the embedded default with `snakemake --cores all`; target one figure with
+`snakemake --cores all results/figures/<id>.pdf`. See README.md.
+"""
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/figures.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

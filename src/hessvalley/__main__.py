@@ -1,0 +1,5 @@
+import sys
+
+from hessvalley.cli import main
+
+sys.exit(main())

@@ -1,0 +1,229 @@
+"""Config validation: JSON schema with defaults, then cross-key checks.
+
+Runs when the Snakefile is parsed, so a bad config fails before any job starts, with a
+message naming the key (``runs.digits_mlp.optimizer.lr``) and what is wrong with it.
+Kept free of torch so parsing the workflow stays fast.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+TORCHVISION_SOURCES = {"mnist": 60000, "cifar10": 50000, "cifar100": 50000}
+TORCHVISION_VAL_SIZES = {"mnist": 10000, "cifar10": 10000, "cifar100": 10000}
+DIGITS_SIZE = 1797
+
+# Keyword arguments each model factory accepts besides input shape and class count.
+# tests/test_models.py checks this table against the factories' signatures.
+MODEL_KWARGS: dict[str, set[str]] = {
+    "mlp": {"widths", "activation", "bias"},
+    "ws_cnn": {"channels", "kernel_size", "activation"},
+    "convnet4": {"channels", "hidden", "activation"},
+    "preact_resnet18": {"width"},
+    "vgg11": {"batch_norm", "width"},
+    "vgg16": {"batch_norm", "width"},
+    "densenet": {"blocks", "growth_rate", "reduction"},
+    "resnet56": {"width"},
+}
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names every offending key."""
+
+
+def key_path(parts: Any) -> str:
+    return ".".join(str(p) for p in parts) or "<top level>"
+
+
+def _with_defaults(validator_class: type) -> type:
+    """Schema validator that fills in ``default`` values as it descends."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def load_schema(path: str | os.PathLike = SCHEMA_PATH) -> dict[str, Any]:
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def _schema_errors(config: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    messages = []
+    for error in errors:
+        where = key_path(error.absolute_path)
+        messages.append(f"{where}: {error.message}")
+    return messages
+
+
+Check = Callable[[dict[str, Any]], Iterator[str]]
+CHECKS: list[Check] = []
+
+
+def check(function: Check) -> Check:
+    """Register a cross-key check; it yields ``"key.path: problem"`` strings."""
+    CHECKS.append(function)
+    return function
+
+
+def validate_config(
+    config: Mapping[str, Any], schema_path: str | os.PathLike = SCHEMA_PATH
+) -> dict[str, Any]:
+    """Return a validated copy of ``config`` with defaults filled, or raise ConfigError."""
+    config = copy.deepcopy(dict(config))
+    messages = _schema_errors(config, load_schema(schema_path))
+    if not messages:
+        for function in CHECKS:
+            messages.extend(function(config))
+    if messages:
+        lines = "\n".join(f"  - {m}" for m in messages)
+        raise ConfigError(f"invalid configuration ({len(messages)} problem(s)):\n{lines}")
+    return config
+
+
+def train_size(dataset: Mapping[str, Any]) -> int | None:
+    """Number of training samples the dataset rule will store (None if only known later)."""
+    source = dataset["source"]
+    if source == "gaussian_clusters":
+        full = dataset["n_train"]
+    elif source == "digits":
+        full = DIGITS_SIZE - math.ceil(DIGITS_SIZE * dataset["val_fraction"])  # as sklearn
+    elif source in TORCHVISION_SOURCES:
+        full = TORCHVISION_SOURCES[source]
+    else:
+        full = None
+    if dataset.get("n_train") is not None and source != "gaussian_clusters":
+        full = dataset["n_train"] if full is None else min(full, dataset["n_train"])
+    return full
+
+
+def run_train_size(config: Mapping[str, Any], run: Mapping[str, Any]) -> int | None:
+    dataset = config["datasets"][run["dataset"]]
+    if run["train_on"] == "A":
+        split = dataset["randomized_labels"]
+        return None if split is None else split["split_a"]
+    return train_size(dataset)
+
+
+@check
+def _datasets(config: dict[str, Any]) -> Iterator[str]:
+    for name, ds in config["datasets"].items():
+        key = f"datasets.{name}"
+        source = ds["source"]
+        if source in TORCHVISION_SOURCES:
+            root = ds.get("data_root")
+            if not ds["download"] and root is None:
+                yield (
+                    f"{key}.data_root: required for source {source} when download is false "
+                    "(point it at a local copy, or set download: true on a networked machine)"
+                )
+            elif not ds["download"] and not Path(root).is_dir():
+                yield f"{key}.data_root: directory {root!r} does not exist (download is false)"
+        if source == "imagefolder":
+            if ds.get("root") is None:
+                yield f"{key}.root: required for source imagefolder (a directory of class folders)"
+            elif not Path(ds["root"]).is_dir():
+                yield f"{key}.root: directory {ds['root']!r} does not exist"
+            if ds.get("val_root") is not None and not Path(ds["val_root"]).is_dir():
+                yield f"{key}.val_root: directory {ds['val_root']!r} does not exist"
+        if source == "gaussian_clusters":
+            for field in ("n_classes", "dim", "n_train"):
+                if ds.get(field) is None:
+                    yield f"{key}.{field}: required for source gaussian_clusters"
+            n_train, n_classes = ds["n_train"], ds["n_classes"]
+            if None not in (n_classes, n_train) and n_train < n_classes:
+                yield f"{key}.n_train: {n_train} samples cannot cover {n_classes} classes"
+        if source not in ("gaussian_clusters",) and ds.get("n_classes") is not None:
+            yield f"{key}.n_classes: only used by source gaussian_clusters, not {source}"
+        size = train_size(ds) if source != "gaussian_clusters" or ds["n_train"] else None
+        split = ds.get("randomized_labels")
+        if split is not None and size is not None and split["split_a"] >= size:
+            yield (
+                f"{key}.randomized_labels.split_a: {split['split_a']} leaves no samples for "
+                f"split B (the training set has {size})"
+            )
+
+
+def _init_chain(config: Mapping[str, Any], name: str) -> list[str]:
+    chain = [name]
+    while (parent := config["runs"].get(chain[-1], {}).get("init_from")) is not None:
+        if parent in chain:
+            return [*chain, parent]
+        chain.append(parent)
+    return chain
+
+
+@check
+def _runs(config: dict[str, Any]) -> Iterator[str]:
+    for name, run in config["runs"].items():
+        key = f"runs.{name}"
+        if "/" in name or name.startswith("."):
+            yield f"{key}: a run name may not contain '/' or start with '.'"
+        dataset_name = run["dataset"]
+        if dataset_name not in config["datasets"]:
+            known = ", ".join(sorted(config["datasets"])) or "none"
+            yield f"{key}.dataset: unknown dataset {dataset_name!r} (defined: {known})"
+            continue
+        dataset = config["datasets"][dataset_name]
+        model = run["model"]
+        extra = set(model) - {"name"} - MODEL_KWARGS.get(model["name"], set())
+        if extra:
+            allowed = ", ".join(sorted(MODEL_KWARGS[model["name"]])) or "none"
+            yield (
+                f"{key}.model: {', '.join(sorted(extra))} not accepted by model "
+                f"{model['name']!r} (accepted: {allowed})"
+            )
+        if run["train_on"] == "A" and dataset.get("randomized_labels") is None:
+            yield f"{key}.train_on: 'A' needs datasets.{dataset_name}.randomized_labels"
+        size = run_train_size(config, run)
+        batch = run["optimizer"]["batch_size"]
+        if isinstance(batch, int) and size is not None and batch > size:
+            yield (
+                f"{key}.optimizer.batch_size: {batch} is larger than the {size} training "
+                f"samples of dataset {dataset_name!r}"
+            )
+        every = run["checkpoint_every"]
+        if every is not None and size is not None:
+            total = run["epochs"] * steps_per_epoch(size, batch)
+            if every > total:
+                yield f"{key}.checkpoint_every: {every} steps exceeds the run's {total} steps"
+        parent = run["init_from"]
+        if parent is not None:
+            chain = _init_chain(config, name)
+            if parent not in config["runs"]:
+                yield f"{key}.init_from: unknown run {parent!r}"
+            elif len(chain) != len(set(chain)):
+                yield f"{key}.init_from: cycle {' -> '.join(chain)}"
+            else:
+                other = config["runs"][parent]
+                if other["model"] != model or other["dataset"] != dataset_name:
+                    yield f"{key}.init_from: run {parent!r} has a different model or dataset"
+                if set(run["seeds"]) - set(other["seeds"]):
+                    yield f"{key}.seeds: init_from run {parent!r} lacks some of these seeds"
+
+
+def steps_per_epoch(n_train: int, batch_size: int | str) -> int:
+    """Mini-batches per epoch: the last incomplete batch is dropped; full batch is one step."""
+    if batch_size == "full":
+        return 1
+    return max(n_train // int(batch_size), 1)

@@ -1,0 +1,1 @@
+"""Figures: one function per figure id, reading stores and writing PDF + PNG."""

@@ -1,0 +1,463 @@
+"""Training trajectories that can be replayed exactly and resumed after a kill.
+
+A trajectory store holds, per checkpoint, the flattened float32 parameters, the SGD momentum
+buffer and the BatchNorm buffers, so any later step is reproduced bit for bit by ``replay``:
+the data order of epoch e comes from a generator seeded by (seed, e), mini-batches are index
+slices of the device-resident dataset, and nothing else is random. The projection's recursive
+bisection (Wei & Schwab §2.1.1) relies on this.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from hessvalley import store
+from hessvalley.cli import HessvalleyError
+from hessvalley.config import steps_per_epoch
+from hessvalley.data import DeviceDataset, load_dataset
+from hessvalley.device import resolve_device
+from hessvalley.flat import buffer_layout, flatten, param_layout, unflatten_into
+from hessvalley.losses import build_loss
+from hessvalley.models import build_model
+from hessvalley.progress import progress
+
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of epoch ``epoch``'s data order: independent streams per (seed, epoch)."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    return torch.randperm(n, generator=generator)
+
+
+@dataclass
+class TrainState:
+    """Everything that determines the future of a run: params, momentum, buffers, step."""
+
+    params: torch.Tensor  # (P,) float32
+    momentum: torch.Tensor | None  # (P,) float32; None before the first step or without momentum
+    buffers: torch.Tensor  # (Q,) float64 (BatchNorm running stats and counters)
+    step: int
+
+
+class Trainer:
+    """One model + SGD optimizer + device-resident data, stepping by global step index."""
+
+    def __init__(
+        self,
+        spec: Mapping[str, Any],
+        data: DeviceDataset,
+        seed: int,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.spec = spec
+        self.data = data
+        self.seed = int(seed)
+        self.device = resolve_device(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            model = build_model(spec["model"], data.input_shape, data.n_classes)
+        self.model = model.to(self.device)
+        self.params = list(self.model.parameters())
+        self.buffers = list(self.model.buffers())
+        self.loss_fn = build_loss(spec["loss"])
+        opt = spec["optimizer"]
+        self.optimizer = torch.optim.SGD(
+            self.params,
+            lr=opt["lr"],
+            momentum=opt.get("momentum", 0.0),
+            dampening=opt.get("dampening", 0.0),
+            weight_decay=opt.get("weight_decay", 0.0),
+            nesterov=opt.get("nesterov", False),
+        )
+        self.full_batch = opt["batch_size"] == "full"
+        self.batch_size = data.n_train if self.full_batch else int(opt["batch_size"])
+        self.steps_per_epoch = steps_per_epoch(data.n_train, opt["batch_size"])
+        self.chunk = int(spec.get("eval_batch_size", 2048))
+        self.bn_eval = self.full_batch and spec.get("batch_norm_mode", "train") == "eval"
+        self._order: tuple[int, torch.Tensor] | None = None
+
+    # -- data order ---------------------------------------------------------------------------
+    def batch_indices(self, step: int) -> torch.Tensor | None:
+        """Training-sample indices of global step ``step`` (None = the whole training set)."""
+        if self.full_batch:
+            return None
+        epoch, position = divmod(step, self.steps_per_epoch)
+        if self._order is None or self._order[0] != epoch:
+            order = epoch_order(self.seed, epoch, self.data.n_train).to(self.device)
+            self._order = (epoch, order)
+        start = position * self.batch_size
+        return self._order[1][start : start + self.batch_size]
+
+    def _chunks(self, indices: torch.Tensor | None, n: int):
+        for start in range(0, n, self.chunk):
+            if indices is None:
+                yield slice(start, min(start + self.chunk, n))
+            else:
+                yield indices[start : start + self.chunk]
+
+    # -- one step -----------------------------------------------------------------------------
+    def gradient(self, step: int) -> torch.Tensor:
+        """Accumulate the mini-batch gradient of ``step`` into ``.grad``; return the loss."""
+        indices = self.batch_indices(step)
+        n = self.batch_size
+        self.model.train(not self.bn_eval)
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for part in self._chunks(indices, n):
+            x, y = self.data.x_train[part], self.data.y_train[part]
+            loss = self.loss_fn(self.model(x), y)
+            if y.shape[0] != n:
+                loss = loss * (y.shape[0] / n)
+            loss.backward()
+            total += loss.detach()
+        return total
+
+    def train_step(self, step: int) -> torch.Tensor:
+        loss = self.gradient(step)
+        self.optimizer.step()
+        return loss
+
+    def flat_grad(self) -> torch.Tensor:
+        return flatten((p.grad for p in self.params), torch.float32)
+
+    # -- state --------------------------------------------------------------------------------
+    def state(self, step: int) -> TrainState:
+        momentum = None
+        if self.optimizer.defaults["momentum"] > 0:
+            buffers = [self.optimizer.state.get(p, {}).get("momentum_buffer") for p in self.params]
+            if all(b is not None for b in buffers):
+                momentum = flatten(buffers, torch.float32).cpu()
+        return TrainState(
+            flatten(self.params, torch.float32).cpu(),
+            momentum,
+            flatten(self.buffers, torch.float64).cpu(),
+            int(step),
+        )
+
+    def load_state(self, state: TrainState) -> None:
+        unflatten_into(state.params.to(self.device), self.params)
+        unflatten_into(state.buffers.to(self.device), self.buffers)
+        self.optimizer.state.clear()
+        if state.momentum is not None and self.optimizer.defaults["momentum"] > 0:
+            momentum = state.momentum.to(self.device)
+            offset = 0
+            for p in self.params:
+                n = p.numel()
+                self.optimizer.state[p]["momentum_buffer"] = (
+                    momentum[offset : offset + n].reshape(p.shape).clone()
+                )
+                offset += n
+        self._order = None
+
+    # -- evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Full training and validation loss/accuracy in eval mode (chunked)."""
+        was_training = self.model.training
+        self.model.eval()
+        out = {}
+        for split, x, y in (
+            ("train", self.data.x_train, self.data.y_train),
+            ("val", self.data.x_val, self.data.y_val),
+        ):
+            n = y.shape[0]
+            loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+            correct = torch.zeros((), dtype=torch.int64, device=self.device)
+            for part in self._chunks(None, n):
+                logits = self.model(x[part])
+                loss_sum += self.loss_fn(logits, y[part]).double() * y[part].shape[0]
+                correct += (logits.argmax(-1) == y[part]).sum()
+            out[f"{split}_loss"] = (loss_sum / max(n, 1)).item()
+            out[f"{split}_acc"] = (correct.double() / max(n, 1)).item()
+        self.model.train(was_training)
+        return out
+
+
+def checkpoint_steps(total_steps: int, every: int) -> list[int]:
+    """Steps at which checkpoints are taken: 0, every, 2*every, ..., and the last step."""
+    steps = list(range(0, total_steps + 1, every))
+    if steps[-1] != total_steps:
+        steps.append(total_steps)
+    return steps
+
+
+def read_state(trajectory: zarr.Group, k: int) -> TrainState:
+    """The state stored at checkpoint ``k`` (negative counts from the end); also reads the
+    completed checkpoints of a partial store."""
+    n = int(trajectory.attrs.get("n_checkpoints") or trajectory.attrs["n_complete"])
+    k = k % n if k < 0 else k
+    if not 0 <= k < n:
+        raise IndexError(f"checkpoint {k} out of range (the trajectory has {n})")
+    momentum = None
+    step = int(trajectory["step"][k])
+    if "momentum" in trajectory and step > 0:
+        momentum = torch.from_numpy(np.asarray(trajectory["momentum"][k]))
+    buffers = (
+        torch.from_numpy(np.asarray(trajectory["buffers"][k]))
+        if "buffers" in trajectory
+        else torch.zeros(0, dtype=torch.float64)
+    )
+    return TrainState(
+        torch.from_numpy(np.asarray(trajectory["params"][k])), momentum, buffers, step
+    )
+
+
+def open_trajectory(trajectory: str | os.PathLike | zarr.Group) -> zarr.Group:
+    if isinstance(trajectory, zarr.Group):
+        return trajectory
+    return store.open_store(trajectory)
+
+
+def trainer_for(
+    trajectory: str | os.PathLike | zarr.Group,
+    device: str | torch.device = "cpu",
+    data: DeviceDataset | None = None,
+    spec_overrides: Mapping[str, Any] | None = None,
+) -> Trainer:
+    """A Trainer set up like the one that wrote ``trajectory`` (optionally with overrides,
+    e.g. ``{"optimizer": {..., "batch_size": "full"}}`` for noise-free GD)."""
+    group = open_trajectory(trajectory)
+    spec = dict(group.attrs["run"])
+    spec.update(spec_overrides or {})
+    if data is None:
+        data = load_dataset(group.attrs["data"], device, spec["train_on"])
+    return Trainer(spec, data, int(group.attrs["seed"]), device)
+
+
+def replay(
+    trajectory: str | os.PathLike | zarr.Group,
+    checkpoint: int,
+    n_steps: int,
+    device: str | torch.device = "cpu",
+    data: DeviceDataset | None = None,
+) -> TrainState:
+    """The exact state ``n_steps`` SGD steps after checkpoint ``checkpoint`` of a trajectory."""
+    group = open_trajectory(trajectory)
+    trainer = trainer_for(group, device, data)
+    state = read_state(group, checkpoint)
+    trainer.load_state(state)
+    for step in range(state.step, state.step + n_steps):
+        trainer.train_step(step)
+    return trainer.state(state.step + n_steps)
+
+
+def _divergence(setting: str, seed: int, step: int, value: float) -> HessvalleyError:
+    return HessvalleyError(
+        f"run {setting!r} seed {seed} diverged: mini-batch loss {value} at step {step}; "
+        "checkpoints up to the previous one are kept. Lower runs."
+        f"{setting}.optimizer.lr or check the data."
+    )
+
+
+def train_run(
+    spec: Mapping[str, Any],
+    dataset_spec: Mapping[str, Any],
+    setting: str,
+    seed: int,
+    data: str,
+    output: str,
+    init: str | None = None,
+    device: str = "cpu",
+) -> None:
+    """Train one seed of run ``setting`` and write its trajectory store to ``output``.
+
+    Resumes from ``<output>.partial`` when an earlier attempt of the same config was killed.
+    """
+    device = resolve_device(device)
+    dataset = load_dataset(data, device, spec["train_on"])
+    trainer = Trainer(spec, dataset, seed, device)
+    spe = trainer.steps_per_epoch
+    total = spec["epochs"] * spe
+    every = spec["checkpoint_every"] or spe
+    steps = checkpoint_steps(total, every)
+    log_cosine = bool(spec.get("log_grad_cosine", False))
+    init_hash = None if init is None else open_trajectory(init).attrs["config_hash"]
+    identity = {"spec": spec, "dataset": dataset_spec, "seed": seed, "init": init_hash}
+    group, resumed = store.open_partial(output, store.config_hash(identity))
+    n_params = sum(p.numel() for p in trainer.params)
+    n_buffers = sum(b.numel() for b in trainer.buffers)
+    has_momentum = trainer.optimizer.defaults["momentum"] > 0
+
+    done = int(group.attrs.get("n_complete", 0)) if resumed else 0
+    if done:
+        state = read_state(group, done - 1)
+        trainer.load_state(state)
+        print(f"resuming {setting} seed {seed} from checkpoint {done - 1} (step {state.step})")
+    else:
+        if init is not None:
+            parent = read_state(open_trajectory(init), -1)
+            trainer.load_state(TrainState(parent.params, None, parent.buffers, 0))
+        n = len(steps)
+        interval = min(every, total)
+        store.create(
+            group,
+            "params",
+            ("checkpoint", "param"),
+            shape=(n, n_params),
+            dtype="float32",
+            chunks=(1, n_params),
+        )
+        if has_momentum:
+            store.create(
+                group,
+                "momentum",
+                ("checkpoint", "param"),
+                shape=(n, n_params),
+                dtype="float32",
+                chunks=(1, n_params),
+            )
+        if n_buffers:
+            store.create(
+                group,
+                "buffers",
+                ("checkpoint", "buffer"),
+                shape=(n, n_buffers),
+                dtype="float64",
+                chunks=(1, n_buffers),
+            )
+        store.create(group, "step", ("checkpoint",), shape=(n,), dtype="int64", fill_value=-1)
+        store.create(
+            group, "epoch", ("checkpoint",), shape=(n,), dtype="float64", fill_value=math.nan
+        )
+        for name in METRICS:
+            store.create(
+                group, name, ("checkpoint",), shape=(n,), dtype="float64", fill_value=math.nan
+            )
+        store.create(
+            group,
+            "batch_loss",
+            ("iteration",),
+            shape=(total,),
+            dtype="float32",
+            chunks=(interval,),
+            fill_value=math.nan,
+        )
+        if log_cosine:
+            store.create(
+                group,
+                "grad_cosine",
+                ("iteration",),
+                shape=(total,),
+                dtype="float32",
+                chunks=(interval,),
+                fill_value=math.nan,
+            )
+            store.create(group, "last_grad", ("param",), shape=(n_params,), dtype="float32")
+        group.attrs.update(
+            store.jsonable(
+                {
+                    **store.provenance(identity, seed=seed),
+                    "run": spec,
+                    "setting": setting,
+                    "data": data,
+                    "init_from": init,
+                    "n_train": dataset.n_train,
+                    "batch_size": trainer.batch_size,
+                    "steps_per_epoch": spe,
+                    "checkpoint_every": every,
+                    "total_steps": total,
+                    "param_layout": param_layout(trainer.model).to_attrs(),
+                    "buffer_layout": buffer_layout(trainer.model).to_attrs(),
+                    "n_complete": 0,
+                    "complete": False,
+                }
+            )
+        )
+        _write_checkpoint(group, 0, trainer.state(0), trainer.evaluate(), spe)
+        done = 1
+
+    start = steps[done - 1]
+    previous_grad = (
+        torch.from_numpy(np.asarray(group["last_grad"][...])).to(device)
+        if log_cosine and start > 0
+        else None
+    )
+    losses = torch.full((total,), math.nan, device=device)
+    cosines = torch.full((total,), math.nan, device=device) if log_cosine else None
+    stop_below = spec.get("stop_below_loss")
+    bar = progress(total=total, initial=start, desc=f"{setting} seed {seed}", unit="step")
+    next_index = done
+    step = start
+    while step < total:
+        if log_cosine:
+            losses[step] = trainer.gradient(step)
+            grad = trainer.flat_grad()
+            if previous_grad is not None:
+                cosines[step] = torch.nn.functional.cosine_similarity(grad, previous_grad, dim=0)
+            previous_grad = grad
+            trainer.optimizer.step()
+        else:
+            losses[step] = trainer.train_step(step)
+        step += 1
+        bar.update(1)
+        if step != steps[next_index]:
+            continue
+        segment = slice(steps[next_index - 1], step)
+        segment_losses = losses[segment].cpu().numpy()
+        bad = np.flatnonzero(~np.isfinite(segment_losses))
+        if bad.size:
+            raise _divergence(setting, seed, segment.start + int(bad[0]), segment_losses[bad[0]])
+        metrics = trainer.evaluate()
+        group["batch_loss"][segment] = segment_losses
+        if log_cosine:
+            group["grad_cosine"][segment] = cosines[segment].cpu().numpy()
+            group["last_grad"][...] = previous_grad.cpu().numpy()
+        _write_checkpoint(group, next_index, trainer.state(step), metrics, spe)
+        bar.set_postfix(
+            train_loss=f"{metrics['train_loss']:.4g}",
+            val=f"{metrics['val_loss']:.4g}",
+            refresh=False,
+        )
+        next_index += 1
+        if stop_below is not None and metrics["train_loss"] < stop_below:
+            print(f"stopping at step {step}: train loss {metrics['train_loss']:.4g} < {stop_below}")
+            break
+    bar.close()
+    _finish(group, next_index, step)
+    store.publish(output)
+
+
+def _write_checkpoint(
+    group: zarr.Group, k: int, state: TrainState, metrics: Mapping[str, float], spe: int
+) -> None:
+    group["params"][k] = state.params.numpy()
+    if "momentum" in group:
+        momentum = state.momentum
+        group["momentum"][k] = (
+            momentum.numpy() if momentum is not None else np.zeros(state.params.shape, np.float32)
+        )
+    if "buffers" in group:
+        group["buffers"][k] = state.buffers.numpy()
+    group["step"][k] = state.step
+    group["epoch"][k] = state.step / spe
+    for name in METRICS:
+        group[name][k] = metrics[name]
+    group.attrs["n_complete"] = k + 1
+
+
+def _finish(group: zarr.Group, n_checkpoints: int, last_step: int) -> None:
+    """Trim preallocated arrays when the run stopped early; mark the store complete."""
+    for name in group.array_keys():
+        array = group[name]
+        dims = array.metadata.dimension_names or ()
+        if dims and dims[0] == "checkpoint" and array.shape[0] != n_checkpoints:
+            array.resize((n_checkpoints, *array.shape[1:]))
+        elif dims and dims[0] == "iteration" and array.shape[0] != last_step:
+            array.resize((last_step, *array.shape[1:]))
+    if "last_grad" in group:
+        del group["last_grad"]
+    group.attrs.update({"n_checkpoints": n_checkpoints, "n_steps": last_step, "complete": True})

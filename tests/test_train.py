@@ -1,0 +1,234 @@
+"""Training: exact replay, exact resume after SIGKILL, divergence errors, GD mode, init_from."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from hessvalley import store
+from hessvalley.cli import HessvalleyError
+from hessvalley.data import load_dataset
+from hessvalley.losses import build_loss
+from hessvalley.models import build_model
+from hessvalley.train import (
+    Trainer,
+    checkpoint_steps,
+    epoch_order,
+    read_state,
+    replay,
+    train_run,
+)
+
+from .conftest import run_spec
+
+BN_MODEL = {"name": "vgg11", "batch_norm": True, "width": 8}
+
+
+def train(tmp_path: Path, digits_store: str, spec: dict, digits_spec: dict, name="traj", **kw):
+    output = str(tmp_path / f"{name}.zarr")
+    train_run(spec, digits_spec, "r", kw.pop("seed", 0), digits_store, output, **kw)
+    return output
+
+
+def arrays(path: str) -> dict[str, np.ndarray]:
+    return store.read_arrays(path)
+
+
+def test_checkpoint_schedule():
+    assert checkpoint_steps(10, 4) == [0, 4, 8, 10]
+    assert checkpoint_steps(8, 4) == [0, 4, 8]
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only():
+    a = epoch_order(3, 5, 100)
+    assert torch.equal(a, epoch_order(3, 5, 100))
+    assert sorted(a.tolist()) == list(range(100))
+    assert not torch.equal(a, epoch_order(3, 6, 100))
+    assert not torch.equal(a, epoch_order(4, 5, 100))
+
+
+@pytest.mark.parametrize("model", [None, BN_MODEL], ids=["mlp", "vgg11-bn"])
+def test_replay_reproduces_every_checkpoint_bit_for_bit(tmp_path, digits_store, digits_spec, model):
+    spec = run_spec(epochs=2, checkpoint_every=5, **({"model": model} if model else {}))
+    path = train(tmp_path, digits_store, spec, digits_spec)
+    group = zarr.open_group(path, mode="r")
+    steps = np.asarray(group["step"][...])
+    assert steps.tolist() == [0, 5, 10, 15, 16]  # 256 // 32 = 8 steps per epoch
+    data = load_dataset(digits_store, "cpu")
+    for k in range(len(steps) - 1):
+        state = replay(group, k, int(steps[k + 1] - steps[k]), data=data)
+        stored = read_state(group, k + 1)
+        assert state.step == stored.step
+        assert torch.equal(state.params, stored.params)
+        assert torch.equal(state.momentum, stored.momentum)
+        assert torch.equal(state.buffers, stored.buffers)
+    if model is not None:  # BatchNorm running statistics really are part of the state
+        assert group["buffers"].shape[1] > 0
+        assert not np.array_equal(group["buffers"][0], group["buffers"][-1])
+
+
+def test_trajectory_contents(tmp_path, digits_store, digits_spec):
+    spec = run_spec(epochs=3)
+    path = train(tmp_path, digits_store, spec, digits_spec)
+    data = arrays(path)
+    group = zarr.open_group(path, mode="r")
+    assert group.attrs["complete"] is True
+    assert data["step"].tolist() == [0, 8, 16, 24]
+    assert data["epoch"].tolist() == [0, 1, 2, 3]
+    assert data["params"].shape == (4, group.attrs["param_layout"]["numel"])
+    assert data["params"].dtype == np.float32
+    assert np.all(np.isfinite(data["batch_loss"])) and data["batch_loss"].shape == (24,)
+    # The loss is label-smoothed CE minus its minimum H(q): positive, decreasing here.
+    assert 0 < data["train_loss"][-1] < data["train_loss"][0]
+    # Metrics at a checkpoint equal a fresh evaluation of the stored parameters.
+    trainer = Trainer(spec, load_dataset(digits_store), 0)
+    trainer.load_state(read_state(group, 2))
+    metrics = trainer.evaluate()
+    for name in ("train_loss", "val_loss", "train_acc", "val_acc"):
+        assert metrics[name] == pytest.approx(data[name][2], rel=1e-12)
+    # Batch losses: step 0's mini-batch loss recomputed by hand.
+    fresh = Trainer(spec, load_dataset(digits_store), 0)
+    idx = epoch_order(0, 0, 256)[:32]
+    x, y = fresh.data.x_train[idx], fresh.data.y_train[idx]
+    expected = build_loss(spec["loss"])(fresh.model(x), y).item()
+    assert data["batch_loss"][0] == pytest.approx(expected, rel=1e-6)
+
+
+def _cli_kwargs(spec, digits_spec, digits_store, output, seed=0):
+    return json.dumps(
+        {
+            "spec": spec,
+            "dataset_spec": digits_spec,
+            "setting": "r",
+            "seed": seed,
+            "data": digits_store,
+            "output": output,
+        }
+    )
+
+
+def test_resume_after_sigkill_is_exact(tmp_path, digits_store, digits_spec):
+    spec = run_spec(epochs=16, optimizer={"lr": 0.05, "momentum": 0.9, "batch_size": 4})
+    reference = train(tmp_path, digits_store, spec, digits_spec, name="reference")
+
+    output = str(tmp_path / "killed.zarr")
+    command = [
+        sys.executable,
+        "-m",
+        "hessvalley",
+        "call",
+        "hessvalley.train:train_run",
+        "--kwargs",
+        _cli_kwargs(spec, digits_spec, digits_store, output),
+        "--threads",
+        "1",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = store.partial_path(output)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if zarr.open_group(partial, mode="r").attrs.get("n_complete", 0) >= 3:
+                break
+        except Exception:
+            pass
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = zarr.open_group(partial, mode="r").attrs["n_complete"]
+    assert 3 <= killed_at < 17, "the kill must land mid-run"
+    assert not Path(output).exists(), "a killed run must not publish its store"
+
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    got, want = arrays(output), arrays(reference)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_divergence_names_step_and_value_and_keeps_checkpoints(tmp_path, digits_store, digits_spec):
+    spec = run_spec(
+        epochs=3, loss={"name": "mse"}, optimizer={"lr": 50.0, "momentum": 0.9, "batch_size": 32}
+    )
+    output = str(tmp_path / "diverged.zarr")
+    with pytest.raises(HessvalleyError) as info:
+        train_run(spec, digits_spec, "r", 0, digits_store, output)
+    message = str(info.value)
+    assert "run 'r' seed 0 diverged" in message and "runs.r.optimizer.lr" in message
+    step = int(message.split(" at step ")[1].split(";")[0])
+    # Replaying up to that step gives finite parameters whose next mini-batch loss is not finite.
+    partial = store.partial_path(output)
+    trainer = Trainer(spec, load_dataset(digits_store), 0)
+    trainer.load_state(replay(partial, 0, step))
+    assert torch.isfinite(trainer.state(step).params).all()
+    assert not math.isfinite(trainer.gradient(step).item())
+    assert zarr.open_group(partial, mode="r").attrs["n_complete"] >= 1
+
+
+def test_full_batch_gd_is_plain_gradient_descent(tmp_path, digits_store, digits_spec):
+    spec = run_spec(
+        epochs=3, optimizer={"lr": 0.5, "batch_size": "full"}, eval_batch_size=100
+    )  # 3 chunks per step
+    path = train(tmp_path, digits_store, spec, digits_spec)
+    data = load_dataset(digits_store)
+    torch.manual_seed(0)
+    model = build_model(spec["model"], data.input_shape, data.n_classes).double()
+    loss_fn = build_loss(spec["loss"])
+    for _ in range(3):
+        model.zero_grad()
+        loss_fn(model(data.x_train.double()), data.y_train).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.5 * p.grad
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    stored = torch.from_numpy(arrays(path)["params"][-1]).double()
+    torch.testing.assert_close(stored, flat, rtol=0, atol=2e-6)
+
+
+def test_stop_below_loss_and_init_from(tmp_path, digits_store, digits_spec):
+    first = run_spec(epochs=3, optimizer={"lr": 0.2, "momentum": 0.9, "batch_size": 32})
+    parent = train(tmp_path, digits_store, first, digits_spec, name="parent")
+    threshold = arrays(parent)["train_loss"][-1] / 3
+    gd = run_spec(
+        epochs=500,
+        optimizer={"lr": 0.2, "momentum": 0.9, "batch_size": "full"},
+        stop_below_loss=threshold,
+        checkpoint_every=5,
+    )
+    path = train(tmp_path, digits_store, gd, digits_spec, name="gd", init=parent)
+    data = arrays(path)
+    group = zarr.open_group(path, mode="r")
+    n = group.attrs["n_checkpoints"]
+    assert n > 2
+    assert data["train_loss"][-1] < threshold <= data["train_loss"][-2]
+    assert data["step"][-1] == group.attrs["n_steps"] == data["batch_loss"].shape[0] < 2500
+    assert data["params"].shape[0] == n
+    # init_from: checkpoint 0 of the child is the parent's last state, momentum fresh.
+    np.testing.assert_array_equal(data["params"][0], arrays(parent)["params"][-1])
+    assert read_state(group, 0).momentum is None
+
+
+def test_grad_cosine_log_survives_resume(tmp_path, digits_store, digits_spec):
+    spec = run_spec(epochs=2, log_grad_cosine=True)
+    path = train(tmp_path, digits_store, spec, digits_spec)
+    cosine = arrays(path)["grad_cosine"]
+    assert np.isnan(cosine[0]) and np.all(np.abs(cosine[1:]) <= 1)
+    trainer = Trainer(spec, load_dataset(digits_store), 0)
+    trainer.load_state(read_state(zarr.open_group(path, mode="r"), 0))
+    trainer.gradient(0)
+    g0 = trainer.flat_grad().clone()
+    trainer.optimizer.step()
+    trainer.gradient(1)
+    expected = torch.nn.functional.cosine_similarity(trainer.flat_grad(), g0, dim=0)
+    assert cosine[1] == pytest.approx(expected.item(), abs=1e-6)

@@ -1,0 +1,20 @@
+"""Datasets -> resources/data/<name>.zarr (images, labels, split indices, provenance)."""
+
+
+rule dataset:
+    input:
+        src=src("data.py"),
+    output:
+        directory(f"{DATA}/{{dataset}}.zarr"),
+    log:
+        "logs/data/{dataset}.log",
+    benchmark:
+        "benchmarks/data/{dataset}.tsv"
+    threads: 1
+    params:
+        kwargs=lambda w: as_json(
+            {"spec": config["datasets"][w.dataset], "name": w.dataset}
+        ),
+        io=lambda w, output: as_json({"output": output[0]}),
+    shell:
+        hessvalley("hessvalley.data:build_dataset_store")
