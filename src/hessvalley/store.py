@@ -123,8 +123,12 @@ def create(
     chunks: Sequence[int] | None = None,
     fill_value: Any = None,
     attrs: Mapping[str, Any] | None = None,
+    compress: bool = True,
 ) -> zarr.Array:
-    """Create an array with dimension names (xarray reads them) and optional data."""
+    """Create an array with dimension names (xarray reads them) and optional data.
+
+    ``compress=False`` for arrays of trained weights: they barely compress and the
+    compressor would cost time on every checkpoint."""
     if data is not None:
         data = np.asarray(data)
         shape, dtype = data.shape, data.dtype
@@ -135,6 +139,8 @@ def create(
     kwargs: dict[str, Any] = {"chunks": tuple(chunks) if chunks else "auto"}
     if fill_value is not None:
         kwargs["fill_value"] = fill_value
+    if not compress:
+        kwargs["compressors"] = None
     array = group.create_array(
         name,
         shape=tuple(shape),

@@ -18,8 +18,7 @@ except ConfigError as err:
 
 # Rule code refers to these through the environment, so the recorded rule code (a re-run
 # trigger) does not change with the interpreter's path or the compute device.
-os.environ["HESSVALLEY_PYTHON"] = sys.executable
-os.environ["HESSVALLEY_DEVICE"] = config["device"]
+os.environ.update(HESSVALLEY_PYTHON=sys.executable, HESSVALLEY_DEVICE=config["device"])
 SRC = Path(workflow.basedir) / "src" / "hessvalley"
 DATA = "resources/data"
 RESULTS = "results"
@@ -33,8 +32,9 @@ wildcard_constraints:
 
 
 def src(*modules):
-    """Source files a rule depends on, so editing one re-runs exactly the stale stages."""
-    return [str(SRC / m) for m in ("store.py", "cli.py", *modules)]
+    """Source files a rule depends on (glob patterns allowed), so editing one re-runs
+    exactly the stale stages."""
+    return sorted({str(p) for m in ("store.py", "cli.py", *modules) for p in SRC.glob(m)})
 
 
 def hessvalley(target, device=False):
@@ -70,11 +70,41 @@ def trajectories(setting):
     return [trajectory_path(setting, seed) for seed in run_spec(setting)["seeds"]]
 
 
+# -- training ------------------------------------------------------------------------
+
+
+def init_trajectory(wildcards):
+    parent = run_spec(wildcards.setting)["init_from"]
+    return [] if parent is None else [trajectory_path(parent, wildcards.seed)]
+
+
+def training_spec(setting):
+    """The run's config minus its seed list: adding a seed must not re-run the others."""
+    return {k: v for k, v in run_spec(setting).items() if k != "seeds"}
+
+
+def train_kwargs(wildcards):
+    return as_json(
+        {
+            "spec": training_spec(wildcards.setting),
+            "dataset_spec": config["datasets"][run_spec(wildcards.setting)["dataset"]],
+            "setting": wildcards.setting,
+            "seed": int(wildcards.seed),
+        }
+    )
+
+
+def train_io(wildcards, input, output):
+    init = input.init[0] if input.init else None
+    return as_json({"data": input.data, "init": init, "output": output[0]})
+
+
 TARGETS = []
 
 
 def targets(function):
-    """Register a function returning some of `rule all`'s inputs (one per stage file)."""
+    """Register a function returning some of `rule all`'s inputs (each stage file registers
+    its own, as a lambda: rule files hold no function definitions)."""
     TARGETS.append(function)
     return function
 

@@ -35,6 +35,4 @@ rule training_figure:
         hessvalley("hessvalley.figures.training:training_figure")
 
 
-@targets
-def training_figure_targets():
-    return [f"{FIGURES}/{setting}_training.pdf" for setting in config["runs"]]
+targets(lambda: [f"{FIGURES}/{setting}_training.pdf" for setting in config["runs"]])
