@@ -112,6 +112,11 @@ MALFORMED = [
         1.5,
         "datasets.digits.val_fraction: 1.5 is greater than or equal to the maximum of 1",
     ),
+    (
+        "toy.fig7",
+        {"steps": 100, "average_from": 100},
+        "toy.fig7.average_from: 100 must be below toy.fig7.steps (100)",
+    ),
     ("device", "tpu", "device: 'tpu' is not one of ['cpu', 'cuda', 'auto']"),
     ("gpu", -1, "gpu: -1 is less than the minimum of 0"),
     ("threads", "two", "threads: 'two' is not of type 'integer'"),

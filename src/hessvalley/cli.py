@@ -47,9 +47,10 @@ def call(
     target: str, kwargs: dict[str, Any], threads: int | None = None, device: str | None = None
 ) -> Any:
     if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+        # torch reads this when (and if) the stage imports it; figure rules never pay for it.
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
     if device is not None:
         kwargs = {**kwargs, "device": device}
     return resolve(target)(**kwargs)

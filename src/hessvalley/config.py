@@ -227,3 +227,13 @@ def steps_per_epoch(n_train: int, batch_size: int | str) -> int:
     if batch_size == "full":
         return 1
     return max(n_train // int(batch_size), 1)
+
+
+@check
+def _toy(config: dict[str, Any]) -> Iterator[str]:
+    fig7 = config.get("toy", {}).get("fig7")
+    if fig7 and fig7["average_from"] >= fig7["steps"]:
+        yield (
+            f"toy.fig7.average_from: {fig7['average_from']} must be below toy.fig7.steps "
+            f"({fig7['steps']})"
+        )

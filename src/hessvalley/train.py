@@ -408,55 +408,69 @@ def _train_loop(
         done = 1
 
     start = steps[done - 1]
-    previous_grad = (
-        torch.from_numpy(np.asarray(group["last_grad"][...])).to(device)
-        if log_cosine and start > 0
-        else None
-    )
     losses = torch.full((total,), math.nan, device=device)
-    cosines = torch.full((total,), math.nan, device=device) if log_cosine else None
+    cosines = None
+    if log_cosine:
+        previous = group["last_grad"][...] if start > 0 else None
+        cosines = GradientCosines(total, device, previous)
     stop_below = trainer.spec.get("stop_below_loss")
-    bar = progress(total=total, initial=start, desc=f"{setting} seed {seed}", unit="step")
-    next_index = done
-    step = start
-    while step < total:
-        if log_cosine:
-            losses[step] = trainer.gradient(step)
-            grad = trainer.flat_grad()
-            if previous_grad is not None:
-                cosines[step] = torch.nn.functional.cosine_similarity(grad, previous_grad, dim=0)
-            previous_grad = grad
-            trainer.optimizer.step()
-        else:
-            losses[step] = trainer.train_step(step)
-        step += 1
-        bar.update(1)
-        if step != steps[next_index]:
-            continue
-        segment = slice(steps[next_index - 1], step)
-        segment_losses = losses[segment].cpu().numpy()
-        bad = np.flatnonzero(~np.isfinite(segment_losses))
-        if bad.size:
-            raise _divergence(setting, seed, segment.start + int(bad[0]), segment_losses[bad[0]])
-        metrics = trainer.evaluate()
-        iterations = {"batch_loss": (segment, segment_losses)}
-        last_grad = None
-        if log_cosine:
-            iterations["grad_cosine"] = (segment, cosines[segment].cpu().numpy())
-            last_grad = previous_grad.cpu().numpy()
-        writer.write(next_index, trainer.state(step), metrics, iterations, last_grad)
-        bar.set_postfix(
-            train_loss=f"{metrics['train_loss']:.4g}",
-            val=f"{metrics['val_loss']:.4g}",
-            refresh=False,
-        )
-        next_index += 1
-        if stop_below is not None and metrics["train_loss"] < stop_below:
-            print(f"stopping at step {step}: train loss {metrics['train_loss']:.4g} < {stop_below}")
-            break
-    bar.close()
+    with progress(total=total, initial=start, desc=f"{setting} seed {seed}", unit="step") as bar:
+        next_index = done
+        step = start
+        while step < total:
+            losses[step] = (
+                cosines.train_step(trainer, step) if cosines else trainer.train_step(step)
+            )
+            step += 1
+            bar.update(1)
+            if step != steps[next_index]:
+                continue
+            segment = slice(steps[next_index - 1], step)
+            segment_losses = losses[segment].cpu().numpy()
+            bad = np.flatnonzero(~np.isfinite(segment_losses))
+            if bad.size:
+                raise _divergence(
+                    setting, seed, segment.start + int(bad[0]), segment_losses[bad[0]]
+                )
+            metrics = trainer.evaluate()
+            iterations = {"batch_loss": (segment, segment_losses)}
+            last_grad = None
+            if cosines:
+                iterations["grad_cosine"] = (segment, cosines.values[segment].cpu().numpy())
+                last_grad = cosines.previous.cpu().numpy()
+            writer.write(next_index, trainer.state(step), metrics, iterations, last_grad)
+            bar.set_postfix(
+                train_loss=f"{metrics['train_loss']:.4g}",
+                val=f"{metrics['val_loss']:.4g}",
+                refresh=False,
+            )
+            next_index += 1
+            if stop_below is not None and metrics["train_loss"] < stop_below:
+                loss = metrics["train_loss"]
+                print(f"stopping at step {step}: train loss {loss:.4g} < {stop_below}")
+                break
     writer.flush()
     _finish(group, next_index, step)
+
+
+class GradientCosines:
+    """Cosine of consecutive mini-batch gradients during training (Xing et al. 2018 eq. 5).
+
+    The last gradient is saved with each checkpoint, so a resumed run logs the same values.
+    """
+
+    def __init__(self, total: int, device: torch.device, previous: np.ndarray | None) -> None:
+        self.values = torch.full((total,), math.nan, device=device)
+        self.previous = None if previous is None else torch.from_numpy(previous).to(device)
+
+    def train_step(self, trainer: Trainer, step: int) -> torch.Tensor:
+        loss = trainer.gradient(step)
+        grad = trainer.flat_grad()
+        if self.previous is not None:
+            self.values[step] = torch.nn.functional.cosine_similarity(grad, self.previous, dim=0)
+        self.previous = grad
+        trainer.optimizer.step()
+        return loss
 
 
 class TrajectoryWriter:

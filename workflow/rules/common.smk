@@ -34,7 +34,9 @@ wildcard_constraints:
 def src(*modules):
     """Source files a rule depends on (glob patterns allowed), so editing one re-runs
     exactly the stale stages."""
-    return sorted({str(p) for m in ("store.py", "cli.py", *modules) for p in SRC.glob(m)})
+    return sorted(
+        {str(p) for m in ("store.py", "cli.py", *modules) for p in SRC.glob(m)}
+    )
 
 
 def hessvalley(target, device=False):

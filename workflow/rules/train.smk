@@ -5,7 +5,9 @@ rule train:
     input:
         data=lambda w: dataset_path(run_spec(w.setting)["dataset"]),
         init=init_trajectory,
-        src=src("train.py", "data.py", "losses.py", "flat.py", "config.py", "models/*.py"),
+        src=src(
+            "train.py", "data.py", "losses.py", "flat.py", "config.py", "models/*.py"
+        ),
     output:
         directory(f"{RESULTS}/{{setting}}/seed{{seed}}/trajectory.zarr"),
     log:

@@ -1,0 +1,140 @@
+"""Toy models (W&S Figs 2b, 2c-d, 7) -> results/toy/<id>.zarr and results/figures/<id>.pdf."""
+
+TOY = f"{RESULTS}/toy"
+
+
+rule toy_fig2b:
+    input:
+        src=src("toy.py", "progress.py"),
+    output:
+        directory(f"{TOY}/wei2020_fig2b.zarr"),
+    log:
+        "logs/toy/wei2020_fig2b.log",
+    benchmark:
+        "benchmarks/toy/wei2020_fig2b.tsv"
+    threads: 1
+    params:
+        kwargs=lambda w: as_json({"spec": config["toy"]["fig2b"]}),
+        io=lambda w, input, output: as_json({"output": output[0]}),
+    shell:
+        hessvalley("hessvalley.toy:trace_vs_eta")
+
+
+rule toy_fig2cd:
+    input:
+        src=src("toy.py", "progress.py"),
+    output:
+        directory(f"{TOY}/wei2020_fig2cd.zarr"),
+    log:
+        "logs/toy/wei2020_fig2cd.log",
+    benchmark:
+        "benchmarks/toy/wei2020_fig2cd.tsv"
+    threads: 1
+    params:
+        kwargs=lambda w: as_json({"spec": config["toy"]["fig2cd"]}),
+        io=lambda w, input, output: as_json({"output": output[0]}),
+    shell:
+        hessvalley("hessvalley.toy:noise_structure")
+
+
+rule toy_fig7:
+    input:
+        src=src("toy.py", "progress.py"),
+    output:
+        directory(f"{TOY}/wei2020_fig7.zarr"),
+    log:
+        "logs/toy/wei2020_fig7.log",
+    benchmark:
+        "benchmarks/toy/wei2020_fig7.tsv"
+    threads: 1
+    params:
+        kwargs=lambda w: as_json({"spec": config["toy"]["fig7"]}),
+        io=lambda w, input, output: as_json({"output": output[0]}),
+    shell:
+        hessvalley("hessvalley.toy:entropic_force")
+
+
+rule toy_fig2b_figure:
+    input:
+        store=rules.toy_fig2b.output[0],
+        src=src("figures/toy.py", "figures/common.py"),
+    output:
+        pdf=f"{FIGURES}/wei2020_fig2b.pdf",
+        png=report(
+            f"{FIGURES}/wei2020_fig2b.png",
+            caption="../report/wei2020_fig2b.rst",
+            category="Toy models",
+        ),
+    log:
+        "logs/figures/wei2020_fig2b.log",
+    benchmark:
+        "benchmarks/figures/wei2020_fig2b.tsv"
+    threads: 1
+    params:
+        kwargs=lambda w: as_json(
+            {"figures": {k: config["figures"][k] for k in ("dpi", "band")}}
+        ),
+        io=lambda w, input, output: as_json(
+            {"store_path": input.store, "output": output.pdf}
+        ),
+    shell:
+        hessvalley("hessvalley.figures.toy:fig2b_figure")
+
+
+rule toy_fig2cd_figure:
+    input:
+        store=rules.toy_fig2cd.output[0],
+        src=src("figures/toy.py", "figures/common.py"),
+    output:
+        pdf=f"{FIGURES}/wei2020_fig2cd.pdf",
+        png=report(
+            f"{FIGURES}/wei2020_fig2cd.png",
+            caption="../report/wei2020_fig2cd.rst",
+            category="Toy models",
+        ),
+    log:
+        "logs/figures/wei2020_fig2cd.log",
+    benchmark:
+        "benchmarks/figures/wei2020_fig2cd.tsv"
+    threads: 1
+    params:
+        kwargs=lambda w: as_json(
+            {"figures": {k: config["figures"][k] for k in ("dpi", "band")}}
+        ),
+        io=lambda w, input, output: as_json(
+            {"store_path": input.store, "output": output.pdf}
+        ),
+    shell:
+        hessvalley("hessvalley.figures.toy:fig2cd_figure")
+
+
+rule toy_fig7_figure:
+    input:
+        store=rules.toy_fig7.output[0],
+        src=src("figures/toy.py", "figures/common.py"),
+    output:
+        pdf=f"{FIGURES}/wei2020_fig7.pdf",
+        png=report(
+            f"{FIGURES}/wei2020_fig7.png",
+            caption="../report/wei2020_fig7.rst",
+            category="Toy models",
+        ),
+    log:
+        "logs/figures/wei2020_fig7.log",
+    benchmark:
+        "benchmarks/figures/wei2020_fig7.tsv"
+    threads: 1
+    params:
+        kwargs=lambda w: as_json(
+            {"figures": {k: config["figures"][k] for k in ("dpi", "band")}}
+        ),
+        io=lambda w, input, output: as_json(
+            {"store_path": input.store, "output": output.pdf}
+        ),
+    shell:
+        hessvalley("hessvalley.figures.toy:fig7_figure")
+
+
+targets(
+    lambda: [f"{FIGURES}/wei2020_{name}.pdf" for name in ("fig2b", "fig2cd", "fig7")]
+)
