@@ -2,21 +2,29 @@
 
 Each rule must become its own sbatch job, GPU rules with a GPU request and CPU rules without one,
 and the tiny workflow run through SLURM must produce the same arrays, bit for bit, as a local run.
+A training job killed by SLURM (scancel, or a requeue as on preemption) must resume from its last
+complete checkpoint and end with the same arrays as an uninterrupted run.
 Snakemake is bounded by `timeout -s KILL`: with a broken status path it loops and ignores SIGTERM.
 Skips with the reason when no SLURM is up (not root, no apt-get, setup not run).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import zarr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,19 +64,21 @@ def require_slurm() -> None:
         pytest.skip(reason)
 
 
-def snakemake(args: list[str], workdir: Path, timeout_s: int) -> subprocess.Popen:
-    """Start Snakemake in `workdir`, killed (SIGKILL) after `timeout_s`; output to run.log."""
+def snakemake(
+    args: list[str], workdir: Path, timeout_s: int, log: str = "run.log"
+) -> subprocess.Popen:
+    """Start Snakemake in `workdir`, killed (SIGKILL) after `timeout_s`; output to `log`."""
     workdir.mkdir(parents=True, exist_ok=True)
     command = ["timeout", "-s", "KILL", str(timeout_s), sys.executable, "-m", "snakemake"]
     command += [*args, "--directory", str(workdir)]
-    with open(workdir / "run.log", "w") as log:
-        return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    with open(workdir / log, "w") as log_file:
+        return subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
 
 
-def finish(process: subprocess.Popen, workdir: Path) -> str:
+def finish(process: subprocess.Popen, workdir: Path, log: str = "run.log") -> str:
     """Wait for a run started by `snakemake`; fail with its log's tail unless it succeeded."""
     returncode = process.wait()
-    output = (workdir / "run.log").read_text()
+    output = (workdir / log).read_text()
     if returncode != 0:
         for slurm_log in sorted((workdir / ".snakemake" / "slurm_logs").rglob("*.log")):
             output += f"\n--- {slurm_log}\n{slurm_log.read_text()[-2000:]}"
@@ -210,3 +220,229 @@ def test_tiny_workflow_through_slurm_equals_local_run(tmp_path: Path) -> None:
     assert zarr_stores(cluster_dir) == stores
     for store in stores:
         assert_same_store(local_dir / store, cluster_dir / store)
+
+
+# -- preemption: a training job killed by SLURM resumes from its last complete checkpoint ------
+
+KILLED_TARGET = "results/tiny_mlp/seed0/trajectory.zarr"
+# tiny_mlp, one seed, 6400 steps (about 3 s) with 17 checkpoints: long enough to kill mid-run.
+LONG_RUN = {"epochs": 200, "checkpoint_every": 400, "seeds": [0]}
+LONG_BATCH_SIZE = 8
+RESUMED = re.compile(r"resuming tiny_mlp seed 0 from checkpoint (\d+) \(step (\d+)\)")
+
+
+@dataclass
+class LongRun:
+    """The lengthened tiny config and its uninterrupted local run (the reference)."""
+
+    config: Path
+    n_checkpoints: int  # of the whole run
+    local_dir: Path
+    local: subprocess.Popen
+
+    def reference(self) -> Path:
+        finish(self.local, self.local_dir)
+        return self.local_dir / KILLED_TARGET
+
+    def cluster_args(self) -> list[str]:
+        """The user's command through the profile (which sets --rerun-incomplete)."""
+        return [KILLED_TARGET, "--configfile", str(self.config), "--profile", str(SLURM_PROFILE)]
+
+    def cluster_workdir(self, workdir: Path) -> Path:
+        """A workdir holding the local run's dataset store (copied with its mtimes), so that only
+        the train job goes through SLURM; the tiny-workflow test covers the dataset job."""
+        dataset = Path("resources/data/digits.zarr")
+        shutil.copytree(self.local_dir / dataset, workdir / dataset)
+        return workdir
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LongRun]:
+    """Builds the dataset locally, then trains the reference in the background: the SLURM runs
+    meanwhile mostly wait on status polls."""
+    root = tmp_path_factory.mktemp("preemption")
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["gpu"] = 1  # the train job requests a (fake) GPU
+    config["runs"]["tiny_mlp"].update(LONG_RUN)
+    config["runs"]["tiny_mlp"]["optimizer"]["batch_size"] = LONG_BATCH_SIZE
+    config_path = root / "long.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    steps = LONG_RUN["epochs"] * config["datasets"]["digits"]["n_train"] // LONG_BATCH_SIZE
+    n_checkpoints = steps // LONG_RUN["checkpoint_every"] + 1
+    local_dir = root / "local"
+    args = ["--configfile", str(config_path), "--cores", "1"]
+    finish(snakemake(["resources/data/digits.zarr", *args], local_dir, 60), local_dir)
+    local = snakemake([KILLED_TARGET, *args], local_dir, 150, log="train.log")
+    yield LongRun(config_path, n_checkpoints, local_dir, local)
+    stop(local, local_dir)
+
+
+def stop(process: subprocess.Popen, workdir: Path) -> None:
+    """Kill a run started by `snakemake` (timeout leads its own process group) and scancel the
+    SLURM jobs it submitted, so that a failed test leaves nothing running."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    for log in workdir.glob("*.log"):
+        for run_id in re.findall(r"SLURM run ID: (\S+)", log.read_text()):
+            subprocess.run(["scancel", "--name", run_id], capture_output=True)
+
+
+def n_complete(store: Path) -> int:
+    """Complete checkpoints of a (partial) trajectory store; 0 before its metadata is written."""
+    try:
+        attrs = json.loads((store / "zarr.json").read_text())["attributes"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+    return int(attrs.get("n_complete", 0))
+
+
+def wait_for_checkpoints(process: subprocess.Popen, workdir: Path, n: int, log: str) -> None:
+    """Wait until the job's partial store holds `n` complete checkpoints. Meanwhile no
+    trajectory store exists: the job builds it under `.partial`."""
+    partial, output = workdir / f"{KILLED_TARGET}.partial", workdir / KILLED_TARGET
+    deadline = time.monotonic() + 60
+    while n_complete(partial) < n:
+        assert not output.exists(), "the trajectory store appeared before the job finished"
+        if process.poll() is not None:
+            finish(process, workdir, log)  # fails with the log's tail unless it succeeded
+            pytest.fail(f"Snakemake finished before {partial} held {n} checkpoints")
+        if time.monotonic() > deadline:
+            tail = (workdir / log).read_text()[-3000:]
+            pytest.fail(f"{partial} did not get {n} checkpoints within 60 s:\n{tail}")
+        time.sleep(0.05)
+
+
+def watch_until_exit(process: subprocess.Popen, workdir: Path) -> None:
+    """While Snakemake runs: whenever the trajectory store exists, it is complete and its
+    partial store is gone (the job publishes it by one rename at the end)."""
+    partial, output = workdir / f"{KILLED_TARGET}.partial", workdir / KILLED_TARGET
+    while process.poll() is None:
+        if output.exists():  # checked before the partial: the rename is atomic
+            assert not partial.exists(), "trajectory store and partial store side by side"
+            assert json.loads((output / "zarr.json").read_text())["attributes"]["complete"]
+        time.sleep(0.1)
+
+
+def running_train_job(workdir: Path, log: str) -> str:
+    """SLURM id of the train job of the run logging to `log` (squeue by run name and comment)."""
+    run_id = re.search(r"SLURM run ID: (\S+)", (workdir / log).read_text()).group(1)
+    queue = subprocess.run(
+        ["squeue", "-h", "--name", run_id, "-o", "%i|%k|%T"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    jobs = [line.split("|") for line in queue.splitlines()]
+    train = [job for job, comment, state in jobs if comment.startswith("rule_train_")]
+    assert len(train) == 1, queue
+    return train[0]
+
+
+def wait_for_queue_state(job_id: str, state: str) -> None:
+    """Wait until squeue gives `state` for the job (--states=all: also an ended one; a killed
+    job stays COMPLETING until its processes are gone)."""
+    deadline = time.monotonic() + 60
+    while True:
+        queue = subprocess.run(
+            ["squeue", "-h", "--states=all", "-j", job_id, "-o", "%T"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        if queue == state:
+            return
+        assert time.monotonic() < deadline, f"job {job_id} is {queue!r}, not {state}"
+        time.sleep(0.2)
+
+
+def resumed_from(workdir: Path) -> int:
+    """The checkpoint the (last) train attempt resumed from, by its log line."""
+    log = (workdir / "logs" / "train" / "tiny_mlp" / "seed0.log").read_text()
+    match = RESUMED.search(log)
+    assert match, f"the train job did not resume:\n{log}"
+    checkpoint, step = int(match.group(1)), int(match.group(2))
+    assert step == checkpoint * LONG_RUN["checkpoint_every"], match.group(0)
+    return checkpoint
+
+
+def planned_jobs(dry_run_output: str) -> dict[str, int]:
+    """The `Job stats` table of a dry run: jobs per rule (and the total)."""
+    table = dry_run_output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def test_killed_training_job_resumes_from_its_last_checkpoint(
+    long_run: LongRun, tmp_path: Path
+) -> None:
+    """scancel: the user stops Snakemake and runs the same command, the new job resumes. That job
+    is then requeued, as SLURM does on preemption, and resumes again within the same run."""
+    workdir = long_run.cluster_workdir(tmp_path / "killed")
+    args = [*long_run.cluster_args(), *FAST_POLLING]
+    partial = workdir / f"{KILLED_TARGET}.partial"
+    first = snakemake(args, workdir, timeout_s=120)
+    try:
+        wait_for_checkpoints(first, workdir, 2, "run.log")
+        cancelled_id = running_train_job(workdir, "run.log")
+        subprocess.run(["scancel", cancelled_id], check=True)
+        wait_for_queue_state(cancelled_id, "CANCELLED")
+        # The plugin (2.8.0) reads sacct's "CANCELLED by <uid>" as still running and would wait
+        # forever: the user stops Snakemake (Ctrl-C) and runs the same command again.
+        first.send_signal(signal.SIGINT)  # timeout passes it on to Snakemake
+        assert first.wait(timeout=60) not in (0, 124, 137, -9)
+    except BaseException:
+        stop(first, workdir)
+        raise
+    first_output = (workdir / "run.log").read_text()
+    cancelled_at = n_complete(partial)
+    assert 2 <= cancelled_at < long_run.n_checkpoints, f"not killed mid-run: {cancelled_at}"
+    assert not (workdir / KILLED_TARGET).exists()
+
+    # --rerun-incomplete (set by the profile) plans the train job: a partial store is not output
+    dry_run = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args, "--dry-run", "--directory", str(workdir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    dry_output = dry_run.stdout + dry_run.stderr
+    assert dry_run.returncode == 0, dry_output[-3000:]
+    assert planned_jobs(dry_output) == {"train": 1, "total": 1}, dry_output[-3000:]
+    assert f"reason: Missing output files: {KILLED_TARGET}" in dry_output
+
+    second = snakemake(args, workdir, timeout_s=120, log="rerun.log")
+    try:
+        wait_for_checkpoints(second, workdir, cancelled_at + 2, "rerun.log")
+        rerun_resumed_from = resumed_from(workdir)  # this attempt's log, before SLURM requeues it
+        requeued_id = running_train_job(workdir, "rerun.log")
+        # What SLURM does to a preempted (or node-failed) job submitted with --requeue
+        # (profile: slurm-requeue): kill it and queue it again under the same id.
+        subprocess.run(["scontrol", "requeue", requeued_id], check=True)
+        wait_for_queue_state(requeued_id, "PENDING")
+        requeued_at = n_complete(partial)
+        # SLURM holds a requeued job for about two minutes (BeginTime): start it now
+        subprocess.run(["scontrol", "update", f"JobId={requeued_id}", "StartTime=now"], check=True)
+        watch_until_exit(second, workdir)
+    except BaseException:
+        stop(second, workdir)
+        raise
+    second_output = finish(second, workdir, log="rerun.log")
+
+    assert rerun_resumed_from == cancelled_at - 1 >= 1
+    assert requeued_at < long_run.n_checkpoints, f"not killed mid-run: {requeued_at}"
+    assert resumed_from(workdir) == requeued_at - 1 > rerun_resumed_from
+    [cancelled] = slurm_jobs(first_output).values()
+    assert cancelled["JobID"] == cancelled_id and rule_of(cancelled) == "train", cancelled
+    assert cancelled["State"].split()[0] == "CANCELLED", cancelled  # "CANCELLED by <uid>"
+    [requeued] = slurm_jobs(second_output).values()  # submitted once, waited through the requeue
+    assert requeued["JobID"] == requeued_id and rule_of(requeued) == "train", requeued
+    assert (requeued["State"], requeued["ExitCode"]) == ("COMPLETED", "0:0"), requeued
+    history = subprocess.run(
+        ["sacct", "-n", "-P", "-X", "--duplicates", "-j", requeued_id, "-o", "State"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert history == ["REQUEUED", "COMPLETED"], history
+    assert not partial.exists()
+    assert_same_store(long_run.reference(), workdir / KILLED_TARGET)
