@@ -237,3 +237,11 @@ def _toy(config: dict[str, Any]) -> Iterator[str]:
             f"toy.fig7.average_from: {fig7['average_from']} must be below toy.fig7.steps "
             f"({fig7['steps']})"
         )
+
+
+@check
+def _projection(config: dict[str, Any]) -> Iterator[str]:
+    from hessvalley import projection_plan  # it imports this module
+
+    if "projection" in config:
+        yield from projection_plan.problems(config)

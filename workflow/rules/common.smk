@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
+from hessvalley import projection_plan
 from hessvalley.config import ConfigError, validate_config
 
 try:
@@ -99,6 +101,66 @@ def train_kwargs(wildcards):
 def train_io(wildcards, input, output):
     init = input.init[0] if input.init else None
     return as_json({"data": input.data, "init": init, "output": output[0]})
+
+
+# -- projection ----------------------------------------------------------------------
+
+
+PROJECTED = list(config["projection"]["runs"])
+PROJECTED_RE = "|".join(re.escape(s) for s in PROJECTED) or "(?!)"
+
+
+def projected_dir(setting, seed):
+    return f"{RESULTS}/{setting}/seed{seed}"
+
+
+def segment_paths(setting, seed):
+    n = projection_plan.n_segments(config, setting)
+    return [
+        f"{projected_dir(setting, seed)}/projection/segment_{i}.zarr" for i in range(n)
+    ]
+
+
+def path_seed(setting):
+    """The seed whose projected path figs 1 and 4 draw."""
+    chosen = config["projection"]["figures"]["path_seed"]
+    return run_spec(setting)["seeds"][0] if chosen is None else chosen
+
+
+def figure_options():
+    return {k: config["figures"][k] for k in ("dpi", "band")}
+
+
+def figure_paths(figure, kind):
+    """Inputs of a projection figure: paths (of the drawn seed), traces (all seeds) or
+    trajectories (of the drawn seed)."""
+    settings = config["projection"]["figures"][figure]
+    if kind == "path":
+        return [
+            f"{projected_dir(s, path_seed(s))}/projected_path.zarr" for s in settings
+        ]
+    if kind == "trajectory":
+        return [trajectory_path(s, path_seed(s)) for s in settings]
+    return [
+        f"{projected_dir(s, seed)}/projected_trace.zarr"
+        for s in settings
+        for seed in run_spec(s)["seeds"]
+    ]
+
+
+def projection_targets():
+    paths = [
+        f"{projected_dir(s, seed)}/{name}.zarr"
+        for s in PROJECTED
+        for seed in run_spec(s)["seeds"]
+        for name in ("projected_path", "projected_trace")
+    ]
+    figures = [
+        f"{FIGURES}/wei2020_{figure}.pdf"
+        for figure in projection_plan.FIGURES
+        if config["projection"]["figures"][figure]
+    ]
+    return paths + figures
 
 
 TARGETS = []

@@ -1,0 +1,134 @@
+"""What the projection stage will compute, known from the config alone (torch-free).
+
+The Snakefile needs the number of segment jobs of each projected run before anything is
+trained, so that a dry run shows the whole DAG (and SLURM can plan it): a run's checkpoint
+steps follow from epochs, steps per epoch and ``checkpoint_every``. Runs that stop early
+(``stop_below_loss``) have no such count and cannot be projected; the checks here say so
+when the workflow is parsed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from hessvalley.config import run_train_size, steps_per_epoch
+
+# Keys of the ``projection`` section a run may override in ``projection.runs.<setting>``.
+RUN_KEYS = (
+    "loss_threshold",
+    "n_points",
+    "max_gd_steps",
+    "max_depth",
+    "checkpoint_stride",
+    "intervals_per_segment",
+    "reset_momentum",
+    "store_params",
+    "interpolation_batch",
+    "replay_cache_mb",
+)
+FIGURES = ("fig1", "fig3", "fig4")
+
+
+def projection_settings(config: Mapping[str, Any], setting: str) -> dict[str, Any]:
+    """The projection keys of run ``setting``: section defaults updated by its overrides."""
+    section = config["projection"]
+    overrides = section["runs"][setting] or {}
+    return {key: overrides.get(key, section[key]) for key in RUN_KEYS}
+
+
+def checkpoint_schedule(config: Mapping[str, Any], setting: str) -> list[int] | None:
+    """Steps of the run's checkpoints (as hessvalley.train.checkpoint_steps), or None when
+    the config does not determine them (early stop, training-set size unknown)."""
+    run = config["runs"][setting]
+    if run.get("stop_below_loss") is not None:
+        return None
+    size = run_train_size(config, run)
+    if size is None:
+        return None
+    per_epoch = steps_per_epoch(size, run["optimizer"]["batch_size"])
+    total = run["epochs"] * per_epoch
+    every = run.get("checkpoint_every") or per_epoch
+    steps = list(range(0, total + 1, every))
+    if steps[-1] != total:
+        steps.append(total)
+    return steps
+
+
+def projection_grid(n_checkpoints: int, stride: int) -> list[int]:
+    """Indices of the checkpoints that are projected (every ``stride``-th, and the last);
+    bisection fills in between them."""
+    grid = list(range(0, n_checkpoints, stride))
+    if grid[-1] != n_checkpoints - 1:
+        grid.append(n_checkpoints - 1)
+    return grid
+
+
+def segment_grid(n_checkpoints: int, stride: int, per_segment: int, segment: int) -> list[int]:
+    """Checkpoint indices of the grid points of segment ``segment``, both ends included:
+    ``per_segment`` consecutive grid intervals (the last segment may have fewer)."""
+    grid = projection_grid(n_checkpoints, stride)
+    first = segment * per_segment
+    if not 0 <= first < len(grid) - 1:
+        raise ValueError(
+            f"segment {segment} does not exist: {len(grid) - 1} grid intervals "
+            f"({n_checkpoints} checkpoints, stride {stride}), {per_segment} per segment"
+        )
+    return grid[first : first + per_segment + 1]
+
+
+def n_segments(config: Mapping[str, Any], setting: str) -> int:
+    """Segment jobs of a projected run: consecutive groups of ``intervals_per_segment``
+    grid intervals (the last group may be shorter)."""
+    steps = checkpoint_schedule(config, setting)
+    if steps is None:
+        raise ValueError(f"run {setting!r} has no checkpoint schedule known from the config")
+    settings = projection_settings(config, setting)
+    grid = projection_grid(len(steps), settings["checkpoint_stride"])
+    return math.ceil((len(grid) - 1) / settings["intervals_per_segment"])
+
+
+def problems(config: Mapping[str, Any]) -> Iterator[str]:
+    """Cross-key problems of the ``projection`` section as ``"key.path: problem"`` lines."""
+    section = config["projection"]
+    runs = section["runs"]
+    for setting in runs:
+        key = f"projection.runs.{setting}"
+        if setting not in config["runs"]:
+            known = ", ".join(sorted(config["runs"])) or "none"
+            yield f"{key}: unknown run {setting!r} (defined: {known})"
+            continue
+        run = config["runs"][setting]
+        if run.get("stop_below_loss") is not None:
+            yield (
+                f"{key}: run {setting!r} stops early (stop_below_loss), so its number of "
+                "checkpoints, and of segment jobs, is unknown before training; project a "
+                "run with a fixed length"
+            )
+        elif checkpoint_schedule(config, setting) is None:
+            yield (
+                f"{key}: the training-set size of run {setting!r} is unknown before the "
+                f"dataset is built; set datasets.{run['dataset']}.n_train"
+            )
+        elif run["optimizer"]["batch_size"] == "full":
+            yield f"{key}: run {setting!r} is full-batch GD; there is no SGD path to project"
+        settings = projection_settings(config, setting)
+        if section["trace"]["at"] == "all" and settings["store_params"] != "all":
+            yield (
+                f"{key}.store_params: projection.trace.at is 'all', which needs the "
+                "parameters of every projected point (store_params: all)"
+            )
+    path_seed = section["figures"]["path_seed"]
+    for figure in FIGURES:
+        for setting in section["figures"][figure]:
+            if setting not in runs:
+                yield (
+                    f"projection.figures.{figure}: run {setting!r} is not projected "
+                    "(add it to projection.runs)"
+                )
+            elif path_seed is not None and path_seed not in config["runs"][setting]["seeds"]:
+                yield (
+                    f"projection.figures.path_seed: {path_seed} is not a seed of run "
+                    f"{setting!r} (drawn in {figure})"
+                )

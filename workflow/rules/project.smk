@@ -1,0 +1,208 @@
+"""Projected paths (Wei & Schwab §2.1.1, §4.3, A.2) -> results/<setting>/seed<k>/...
+
+projection/segment_<i>.zarr   one job per group of checkpoint intervals: GD projections,
+                              line connectedness, recursive bisection with exact SGD replay
+projected_path.zarr           the segments joined in step order (gather)
+projected_trace.zarr          Hessian trace (Hutch++) along the projected path
+and the figures wei2020_fig1, wei2020_fig3, wei2020_fig4.
+
+The number of segment jobs comes from the config (epochs, steps per epoch, checkpoint_every,
+projection checkpoint_stride and intervals_per_segment), so a dry run lists every job; runs that stop early are
+refused by the config check below.
+"""
+
+
+rule projection_segment:
+    input:
+        trajectory=lambda w: trajectory_path(w.setting, w.seed),
+        data=lambda w: dataset_path(run_spec(w.setting)["dataset"]),
+        src=src(
+            "projection.py",
+            "projection_plan.py",
+            "path_store.py",
+            "train.py",
+            "data.py",
+            "losses.py",
+        ),
+    output:
+        directory(
+            f"{RESULTS}/{{setting}}/seed{{seed}}/projection/segment_{{segment}}.zarr"
+        ),
+    log:
+        "logs/project/{setting}/seed{seed}/segment_{segment}.log",
+    benchmark:
+        "benchmarks/project/{setting}/seed{seed}/segment_{segment}.tsv"
+    wildcard_constraints:
+        setting=PROJECTED_RE,
+        segment=r"\d+",
+    threads: config["threads"]
+    resources:
+        gpu=config["gpu"],
+    params:
+        kwargs=lambda w: as_json(
+            {
+                "settings": projection_plan.projection_settings(config, w.setting),
+                "segment": int(w.segment),
+                "setting": w.setting,
+                "seed": int(w.seed),
+            }
+        ),
+        io=lambda w, input, output: as_json(
+            {"trajectory": input.trajectory, "data": input.data, "output": output[0]}
+        ),
+    shell:
+        hessvalley("hessvalley.projection:project_segment", device=True)
+
+
+rule projected_path:
+    input:
+        segments=lambda w: segment_paths(w.setting, w.seed),
+        src=src("path_store.py"),
+    output:
+        directory(f"{RESULTS}/{{setting}}/seed{{seed}}/projected_path.zarr"),
+    log:
+        "logs/project/{setting}/seed{seed}/projected_path.log",
+    benchmark:
+        "benchmarks/project/{setting}/seed{seed}/projected_path.tsv"
+    wildcard_constraints:
+        setting=PROJECTED_RE,
+    threads: 1
+    params:
+        kwargs=lambda w: as_json({"setting": w.setting, "seed": int(w.seed)}),
+        io=lambda w, input, output: as_json(
+            {"segments": list(input.segments), "output": output[0]}
+        ),
+    shell:
+        hessvalley("hessvalley.path_store:gather_path")
+
+
+rule projected_trace:
+    input:
+        path=f"{RESULTS}/{{setting}}/seed{{seed}}/projected_path.zarr",
+        trajectory=lambda w: trajectory_path(w.setting, w.seed),
+        data=lambda w: dataset_path(run_spec(w.setting)["dataset"]),
+        src=src(
+            "projection.py",
+            "curvature/__init__.py",
+            "curvature/operator.py",
+            "curvature/trace.py",
+        ),
+    output:
+        directory(f"{RESULTS}/{{setting}}/seed{{seed}}/projected_trace.zarr"),
+    log:
+        "logs/project/{setting}/seed{seed}/projected_trace.log",
+    benchmark:
+        "benchmarks/project/{setting}/seed{seed}/projected_trace.tsv"
+    wildcard_constraints:
+        setting=PROJECTED_RE,
+    threads: config["threads"]
+    resources:
+        gpu=config["gpu"],
+    params:
+        kwargs=lambda w: as_json(
+            {
+                "trace": config["projection"]["trace"],
+                "setting": w.setting,
+                "seed": int(w.seed),
+            }
+        ),
+        io=lambda w, input, output: as_json(
+            {
+                "path": input.path,
+                "trajectory": input.trajectory,
+                "data": input.data,
+                "output": output[0],
+            }
+        ),
+    shell:
+        hessvalley("hessvalley.projection:path_trace", device=True)
+
+
+rule wei2020_fig1:
+    input:
+        paths=figure_paths("fig1", "path"),
+        trajectories=figure_paths("fig1", "trajectory"),
+        src=src("figures/projection.py", "figures/common.py"),
+    output:
+        pdf=f"{FIGURES}/wei2020_fig1.pdf",
+        png=report(
+            f"{FIGURES}/wei2020_fig1.png",
+            caption="../report/wei2020_fig1.rst",
+            category="Projected paths",
+        ),
+    log:
+        "logs/figures/wei2020_fig1.log",
+    benchmark:
+        "benchmarks/figures/wei2020_fig1.tsv"
+    threads: 1
+    params:
+        kwargs=lambda w: as_json({"figures": figure_options()}),
+        io=lambda w, input, output: as_json(
+            {
+                "paths": list(input.paths),
+                "trajectories": list(input.trajectories),
+                "output": output.pdf,
+            }
+        ),
+    shell:
+        hessvalley("hessvalley.figures.projection:fig1_figure")
+
+
+rule wei2020_fig3:
+    input:
+        traces=figure_paths("fig3", "trace"),
+        src=src("figures/projection.py", "figures/common.py"),
+    output:
+        pdf=f"{FIGURES}/wei2020_fig3.pdf",
+        png=report(
+            f"{FIGURES}/wei2020_fig3.png",
+            caption="../report/wei2020_fig3.rst",
+            category="Projected paths",
+        ),
+    log:
+        "logs/figures/wei2020_fig3.log",
+    benchmark:
+        "benchmarks/figures/wei2020_fig3.tsv"
+    threads: 1
+    params:
+        kwargs=lambda w: as_json({"figures": figure_options()}),
+        io=lambda w, input, output: as_json(
+            {"traces": list(input.traces), "output": output.pdf}
+        ),
+    shell:
+        hessvalley("hessvalley.figures.projection:fig3_figure")
+
+
+rule wei2020_fig4:
+    input:
+        paths=figure_paths("fig4", "path"),
+        trajectories=figure_paths("fig4", "trajectory"),
+        traces=figure_paths("fig4", "trace"),
+        src=src("figures/projection.py", "figures/common.py"),
+    output:
+        pdf=f"{FIGURES}/wei2020_fig4.pdf",
+        png=report(
+            f"{FIGURES}/wei2020_fig4.png",
+            caption="../report/wei2020_fig4.rst",
+            category="Projected paths",
+        ),
+    log:
+        "logs/figures/wei2020_fig4.log",
+    benchmark:
+        "benchmarks/figures/wei2020_fig4.tsv"
+    threads: 1
+    params:
+        kwargs=lambda w: as_json({"figures": figure_options()}),
+        io=lambda w, input, output: as_json(
+            {
+                "paths": list(input.paths),
+                "trajectories": list(input.trajectories),
+                "traces": list(input.traces),
+                "output": output.pdf,
+            }
+        ),
+    shell:
+        hessvalley("hessvalley.figures.projection:fig4_figure")
+
+
+targets(projection_targets)
