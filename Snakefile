@@ -4,8 +4,11 @@ Run everything on the embedded default with `snakemake --cores all`; target one 
 `snakemake --cores all results/figures/<id>.pdf`. See README.md.
 """
 
+# The embedded default, unless a --configfile is given: Snakemake would otherwise merge the two
+# (the default's runs would join the paper's).
+if not workflow.overwrite_configfiles:
 
-configfile: "config/config.yaml"
+    configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
@@ -13,6 +16,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/project.smk"
+include: "workflow/rules/curvature.smk"
 include: "workflow/rules/toy.smk"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -35,9 +36,15 @@ def model(family: str, seed: int = 0) -> nn.Module:
     return build_model(MODEL_SPECS[family], (1, 8, 8), 10)
 
 
-def train(net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float) -> nn.Module:
-    """Full-batch gradient descent with momentum 0.9: a trained net has the spiked spectrum."""
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+def train(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, adam: bool = False
+) -> nn.Module:
+    """Full-batch GD with momentum 0.9 (or Adam: the small CNN barely moves under plain GD): a
+    trained net has the spiked spectrum."""
+    if adam:
+        optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    else:
+        optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     for _ in range(steps):
         optimizer.zero_grad()
         LOSS(net(x), y).backward()
@@ -68,9 +75,31 @@ def interleaved_medians(
     }
 
 
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+
+
+def steady_malloc() -> None:
+    """Re-run this script with glibc malloc keeping freed memory (no mmap or trim below 1 GiB).
+
+    By default glibc hands large freed blocks back to the OS, and the next call page-faults
+    them in again: on this machine that added up to ~1/3 to a CNN gradient (3.3k faults per
+    call) and 1 s of system time to a vmapped sweep, by amounts that depend on what ran just
+    before, i.e. on the interleaving order. Keeping the memory takes that cost out of every
+    variant alike. Set HESSVALLEY_BENCH_DEFAULT_MALLOC=1 to measure with the default."""
+    if os.environ.get("HESSVALLEY_BENCH_DEFAULT_MALLOC") == "1" or not sys.platform.startswith(
+        "linux"
+    ):
+        return
+    if all(os.environ.get(k) == v for k, v in STEADY_MALLOC.items()):
+        return
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STEADY_MALLOC})
+
+
 def set_threads(threads: int) -> str:
     """Torch intra-op threads, and a line saying so with the machine's load average (other
     processes on this 2-core machine make two-thread timings erratic)."""
     torch.set_num_threads(threads)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return f"torch {torch.__version__}, {threads} thread(s), load average {load}"
+    steady = all(os.environ.get(k) == v for k, v in STEADY_MALLOC.items())
+    malloc = "steady malloc (no mmap/trim < 1 GiB)" if steady else "default malloc"
+    return f"torch {torch.__version__}, {threads} thread(s), {malloc}, load average {load}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,6 +118,14 @@ MALFORMED = [
         {"steps": 100, "average_from": 100},
         "toy.fig7.average_from: 100 must be below toy.fig7.steps (100)",
     ),
+    ("curvature.runs", ["nope"], "curvature.runs: unknown run 'nope'"),
+    (
+        "curvature",
+        {"runs": [], "spectrum": {"runs": ["tiny_mlp"]}},
+        "curvature.spectrum.runs: 'tiny_mlp' is not in curvature.runs",
+    ),
+    ("curvature.trace", {"method": "girard"}, "curvature.trace.method: 'girard' is not one of"),
+    ("curvature.every", 0, "curvature.every: 0 is less than the minimum of 1"),
     ("device", "tpu", "device: 'tpu' is not one of ['cpu', 'cuda', 'auto']"),
     ("gpu", -1, "gpu: -1 is less than the minimum of 0"),
     ("threads", "two", "threads: 'two' is not of type 'integer'"),
@@ -180,3 +189,23 @@ def test_snakemake_refuses_bad_config_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "runs.tiny_mlp.optimizer.batch_size: 512 is larger than the 256" in result.stderr
     assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
+
+
+def dry_run_jobs(workdir: Path, *args: str) -> str:
+    command = [sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"),
+               "--directory", str(workdir), *args]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout + result.stderr
+
+
+def test_configfile_replaces_the_embedded_default(tmp_path):
+    """With config/config.yaml present (a run from the repository root), --configfile must
+    not merge into it: the default's runs would otherwise join the given config's."""
+    (tmp_path / "config").mkdir()
+    shutil.copy(REPO / "config/config.yaml", tmp_path / "config/config.yaml")
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    given = dry_run_jobs(tmp_path, "--configfile", str(tmp_path / "tiny.yaml"))
+    assert "results/tiny_mlp/seed1/trajectory.zarr" in given and "digits_mlp" not in given
+    embedded = dry_run_jobs(tmp_path, "--config", "threads=1")
+    assert "results/digits_mlp/seed0/trajectory.zarr" in embedded and "tiny_mlp" not in embedded

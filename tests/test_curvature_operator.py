@@ -11,6 +11,7 @@ from torch import nn
 
 from hessvalley.cli import HessvalleyError
 from hessvalley.curvature import HessianOperator, exact_hessian
+from hessvalley.curvature import operator as operator_module
 from hessvalley.curvature.operator import HVP_METHODS, model_family
 from hessvalley.flat import flatten
 from hessvalley.losses import mse_one_hot
@@ -46,6 +47,26 @@ def test_every_method_matches_reference_hessian(loss_name, batch_norm, conv):
         torch.testing.assert_close(op.matmat(probes), reference @ probes, rtol=1e-10, atol=1e-12)
     op = HessianOperator(model, loss_fn, x, y, dtype=F64, chunk_size=10, probes_per_sweep=256)
     torch.testing.assert_close(exact_hessian(op), reference, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("budget", [1, 20, 10_000])
+def test_batched_method_in_probe_sub_blocks_matches_reference(monkeypatch, budget):
+    """``double_backward_batched`` splits a sweep's probes into vmapped sub-blocks of
+    BATCHED_SAMPLE_PROBES // chunk length (here 1, 2 with an odd remainder, all 5)."""
+    monkeypatch.setattr(operator_module, "BATCHED_SAMPLE_PROBES", budget)
+    model, (x, y) = tiny_cnn(batch_norm=True), tiny_data(conv=True)
+    reference = reference_hessian(model, LOSSES["ls_ce"], x, y)
+    probes = torch.randn(reference.shape[0], 5, dtype=F64, generator=torch.Generator())
+    op = HessianOperator(
+        model,
+        LOSSES["ls_ce"],
+        x,
+        y,
+        dtype=F64,
+        chunk_size=10,
+        method="double_backward_batched",
+    )
+    torch.testing.assert_close(op.matmat(probes), reference @ probes, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("chunk_size", [32, 10])

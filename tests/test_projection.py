@@ -4,11 +4,15 @@ barrier, the gathered path, the trace along it, and the config-derived segment p
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +25,16 @@ import zarr
 from hessvalley import store
 from hessvalley.config import ConfigError, validate_config
 from hessvalley.curvature import HessianOperator, exact_hessian, hutchpp_trace
+from hessvalley.curvature.trace import trace_budget
 from hessvalley.data import load_dataset
 from hessvalley.flat import Layout, unflatten_into
 from hessvalley.models import build_model
-from hessvalley.path_store import BARRIER, CONNECTED, STEP_CAP, gather_path
+from hessvalley.path_store import BARRIER, CONNECTED, CONVERGED, STEP_CAP, gather_path
 from hessvalley.projection import (
     PathProjector,
     PointLosses,
+    Projection,
+    ProjectionCache,
     SGDStates,
     bisection_midpoints,
     gd_trainer,
@@ -37,7 +44,6 @@ from hessvalley.projection import (
     project,
     project_segment,
     slope_fit,
-    trace_budget,
 )
 from hessvalley.projection_plan import (
     checkpoint_schedule,
@@ -47,6 +53,7 @@ from hessvalley.projection_plan import (
     segment_grid,
 )
 from hessvalley.train import (
+    METRICS,
     TrainState,
     checkpoint_steps,
     read_state,
@@ -400,6 +407,111 @@ def test_config_problems_name_the_key():
     assert "projection.runs.nope: unknown run 'nope'" in found
     assert "projection.figures.fig3: run 'other' is not projected" in found
     assert "projection.figures.path_seed: 7 is not a seed of run 'early' (drawn in fig1)" in found
+
+
+def segment_command(chosen: dict, trajectory: str, data: str, output: str, log: str) -> list[str]:
+    """The projection_segment rule's command line (one torch thread, as the tests)."""
+    kwargs = {"settings": chosen, "segment": 0, "setting": "r", "seed": 0}
+    io = {"trajectory": trajectory, "data": data, "output": output}
+    return [sys.executable, "-m", "hessvalley", "call", "hessvalley.projection:project_segment",
+            "--kwargs", json.dumps(kwargs), "--io", json.dumps(io), "--threads", "1",
+            "--log", log]  # fmt: skip
+
+
+def test_killed_segment_job_resumes_from_its_projections(runs, digits_store, tmp_path):
+    """SIGKILL a segment job once it has persisted a projection, run it again: it reuses the
+    finished projections and writes exactly the store of an uninterrupted run."""
+    trajectory = permuted_copy(runs["coarse"], tmp_path / "jump.zarr", [1])
+    loss = store.read_arrays(trajectory, ["train_loss"])["train_loss"]
+    # Half the SGD loss: each projection takes ~100 GD steps, and the barrier is bisected.
+    chosen = settings(loss_threshold=0.5 * float(loss.min()), max_gd_steps=2000)
+    reference = str(tmp_path / "reference" / "segment_0.zarr")
+    project_segment(chosen, 0, "r", 0, trajectory, digits_store, reference)
+    n_points = zarr.open_group(reference, mode="r").attrs["n_points"]
+
+    output, log = tmp_path / "killed" / "segment_0.zarr", tmp_path / "segment_0.log"
+    command = segment_command(chosen, trajectory, digits_store, str(output), str(log))
+    side = output.with_name(output.name + ".projections.partial")
+    process = subprocess.Popen(command)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        try:
+            if zarr.open_group(side, mode="r").attrs.get("n_complete", 0) >= 1:
+                break
+        except Exception:  # not created yet
+            pass
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = zarr.open_group(side, mode="r").attrs["n_complete"]
+    assert 1 <= killed_at < n_points, "the kill must land mid-segment"
+    assert not output.exists(), "a killed job must not publish its store"
+
+    subprocess.run(command, check=True)
+    text = log.read_text()
+    resumed = re.search(r"resuming segment 0: (\d+) projections from an earlier attempt", text)
+    assert resumed and int(resumed[1]) == killed_at
+    counted = re.search(r"\((\d+) projected, (\d+) from an earlier attempt\)", text)
+    assert counted and int(counted[2]) == killed_at
+    assert int(counted[1]) + killed_at == n_points  # only the rest was projected by GD
+    assert not side.exists()
+
+    got, want = store.read_arrays(output), store.read_arrays(reference)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert got[name].dtype == want[name].dtype, name
+        assert np.array_equal(got[name], want[name]), name
+    attrs = [dict(zarr.open_group(p, mode="r").attrs) for p in (output, reference)]
+    for found in attrs:
+        found.pop("timings_s")
+    assert attrs[0] == attrs[1]
+
+
+def test_projection_cache_is_reused_only_for_the_same_segment_spec(
+    runs, digits_store, tmp_path, capsys
+):
+    group = zarr.open_group(runs["coarse"], mode="r")
+    output = str(tmp_path / "segment_0.zarr")
+    chosen = settings(loss_threshold=generous_threshold(runs["fine"]))  # no GD step
+    n_params = group["params"].shape[1]
+    planted = Projection(
+        torch.zeros(n_params), torch.zeros(0, dtype=torch.float64), 7, CONVERGED, 1.5,
+        {name: 0.25 for name in METRICS},
+    )  # fmt: skip
+
+    def plant(chosen: dict, seed: int = 0) -> None:
+        ProjectionCache.for_segment(output, chosen, group, seed, 0).add(0, planted)
+
+    plant(chosen)
+    cache = ProjectionCache.for_segment(output, chosen, group, 0, 0)
+    assert len(cache) == 1 and torch.equal(cache[0].params, planted.params)
+    assert (cache[0].gd_steps, cache[0].start_loss, cache[0].metrics) == (7, 1.5, planted.metrics)
+    for other, seed in ((settings(loss_threshold=0.5), 0), (chosen, 1)):
+        plant(other, seed)
+        assert len(ProjectionCache.for_segment(output, chosen, group, 0, 0)) == 0
+
+    # project_segment ignores a cache of other settings and uses one of its own.
+    for spec, used in ((settings(loss_threshold=0.5), False), (chosen, True)):
+        plant(spec)
+        project_segment(chosen, 0, "r", 0, runs["coarse"], digits_store, output)
+        printed = capsys.readouterr().out
+        assert ("resuming segment 0: 1 projections from an earlier attempt" in printed) == used
+        result = store.read_arrays(output, ["params", "gd_steps"])
+        want = planted.params.numpy() if used else group["params"][0]
+        assert np.array_equal(result["params"][0], want)
+        assert result["gd_steps"][0] == (7 if used else 0)
+        assert not Path(output + ".projections.partial").exists()
+
+    # BatchNorm buffers round-trip too, bit for bit.
+    spec = {"any": "spec"}
+    with_buffers = ProjectionCache(tmp_path / "bn.zarr", spec, 3, 2)
+    projection = Projection(
+        torch.randn(3), torch.randn(2, dtype=torch.float64), 0, STEP_CAP, float("nan"),
+        {name: 0.5 for name in METRICS},
+    )  # fmt: skip
+    with_buffers.add(4, projection)
+    loaded = ProjectionCache(tmp_path / "bn.zarr", spec, 3, 2)[4]
+    assert torch.equal(loaded.buffers, projection.buffers) and loaded.status == STEP_CAP
 
 
 def test_project_segment_refuses_a_missing_segment(runs, digits_store, tmp_path):

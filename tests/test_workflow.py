@@ -59,6 +59,16 @@ def test_tiny_workflow_produces_every_artifact(workdir):
     assert (workdir / "results/figures/tiny_mlp_training.png").stat().st_size > 1000
     assert (workdir / "logs/train/tiny_mlp/seed0.log").read_text().count("tiny_mlp seed 0") >= 1
     assert (workdir / "benchmarks/train/tiny_mlp/seed0.tsv").exists()
+    for seed in (0, 1):
+        curvature = workdir / f"results/tiny_mlp/seed{seed}/curvature"
+        with xr.open_zarr(curvature / "trace.zarr") as ds:  # checkpoints 0, 2 and the last
+            assert ds["checkpoint"].values.tolist() == [0, 2, 3]
+            assert ds["trace"].dims == ("checkpoint",) and (ds["trace_stderr"] > 0).all()
+        with xr.open_zarr(curvature / "eigen.zarr") as ds:
+            assert ds.sizes["rank"] == 2 and (ds["largest"] > ds["smallest"]).all()
+        with xr.open_zarr(curvature / "spectrum.zarr") as ds:
+            assert ds.attrs["method"] == "exact" and ds.sizes["eigen"] == 1210
+    assert (workdir / "results/figures/tiny_mlp_curvature.png").stat().st_size > 1000
 
 
 def test_second_run_has_nothing_to_do(workdir):
@@ -70,10 +80,17 @@ def test_figure_key_reruns_only_that_figure(workdir):
     assert planned_jobs(workdir) == {"all": 1, "training_figure": 1}
 
 
+def test_curvature_key_reruns_only_that_measurement(workdir):
+    snakemake(workdir)
+    edit_config(workdir, lambda c: c["curvature"]["trace"].update(matvecs=33))
+    assert planned_jobs(workdir) == {"all": 1, "curvature_trace": 2, "curvature_figure": 1}
+
+
 def test_training_key_reruns_training_and_downstream_only(workdir):
     edit_config(workdir, lambda c: c["runs"]["tiny_mlp"]["optimizer"].update(lr=0.05))
     jobs = planned_jobs(workdir)
     assert jobs.get("train") == 2 and jobs.get("training_figure") == 1
+    assert jobs.get("curvature_eigen") == 2 and jobs.get("curvature_spectrum") == 2
     assert "dataset" not in jobs
 
 

@@ -245,3 +245,22 @@ def _projection(config: dict[str, Any]) -> Iterator[str]:
 
     if "projection" in config:
         yield from projection_plan.problems(config)
+
+
+@check
+def _curvature(config: dict[str, Any]) -> Iterator[str]:
+    section = config["curvature"]
+    for key, names in (
+        ("runs", section["runs"] or []),
+        ("spectrum.runs", section["spectrum"]["runs"]),
+    ):
+        for name in names:
+            if name not in config["runs"]:
+                yield f"curvature.{key}: unknown run {name!r}"
+    measured = section["runs"]
+    for name in section["spectrum"]["runs"]:
+        if measured is not None and name in config["runs"] and name not in measured:
+            yield (
+                f"curvature.spectrum.runs: {name!r} is not in curvature.runs "
+                "(its spectrum would never be plotted); add it there too"
+            )

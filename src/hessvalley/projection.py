@@ -28,6 +28,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
+import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,7 +58,14 @@ from hessvalley.path_store import (
 )
 from hessvalley.progress import progress
 from hessvalley.projection_plan import projection_grid, segment_grid
-from hessvalley.train import Trainer, TrainState, open_trajectory, read_state, trainer_for
+from hessvalley.train import (
+    METRICS,
+    Trainer,
+    TrainState,
+    open_trajectory,
+    read_state,
+    trainer_for,
+)
 
 # -- projection --------------------------------------------------------------------------------
 
@@ -75,6 +84,130 @@ class Projection:
     @property
     def converged(self) -> bool:
         return self.status == CONVERGED
+
+
+class ProjectionCache:
+    """The finished projections of one segment job, kept on disk as each one completes.
+
+    A segment job spends nearly all its time in GD projections; a job killed by SLURM (time
+    limit, preemption, scancel) and resubmitted would otherwise redo every one. Each
+    projection is appended to ``<output>.projections.partial`` (zarr, one row per projection,
+    keyed by its SGD step) as soon as it finishes, and a later attempt with the same spec
+    (projection settings, trajectory config hash, seed, segment) loads them and skips their GD;
+    a store made by another spec is discarded. Rows count once ``n_complete`` (written after
+    them) covers them, and zarr writes each file atomically, so a kill mid-append loses at
+    most the projection in progress. The bisection is deterministic given the projections,
+    so a resumed segment's store is bit for bit an uninterrupted one's.
+    """
+
+    SCALARS = (
+        ("step", "int64"),
+        ("gd_steps", "int64"),
+        ("status", "int8"),
+        ("start_loss", "float64"),
+        *((name, "float64") for name in METRICS),
+    )
+
+    def __init__(
+        self, output: str | os.PathLike, spec: Mapping[str, Any], n_params: int, n_buffers: int
+    ) -> None:
+        base = f"{os.fspath(output)}.projections"
+        self.path = store.partial_path(base)
+        self.group, resumed = store.open_partial(base, store.config_hash(spec))
+        self.n_buffers = n_buffers
+        if not resumed:
+            self._create(spec, n_params)
+        self.projections: dict[int, Projection] = self._load()
+
+    def _create(self, spec: Mapping[str, Any], n_params: int) -> None:
+        for name, dtype in self.SCALARS:
+            store.create(self.group, name, ("projection",), shape=(0,), dtype=dtype, chunks=(64,))
+        rows = {
+            "params": ("param", n_params, "float32"),
+            "buffers": ("buffer", self.n_buffers, "float64"),
+        }
+        for name, (dim, size, dtype) in rows.items():
+            if size:
+                store.create(
+                    self.group,
+                    name,
+                    ("projection", dim),
+                    shape=(0, size),
+                    dtype=dtype,
+                    chunks=(1, size),
+                    compress=False,
+                )
+        # The hash goes in last: a store killed before it is complete is never reused.
+        self.group.attrs.update({**store.provenance(spec), "n_complete": 0})
+
+    @classmethod
+    def for_segment(
+        cls,
+        output: str | os.PathLike,
+        settings: Mapping[str, Any],
+        trajectory: zarr.Group,
+        seed: int,
+        segment: int,
+    ) -> ProjectionCache:
+        """The cache of segment ``segment`` of ``trajectory`` projected with ``settings``."""
+        spec = {
+            "projection": dict(settings),
+            "trajectory": trajectory.attrs["config_hash"],
+            "seed": seed,
+            "segment": segment,
+        }
+        n_buffers = trajectory["buffers"].shape[1] if "buffers" in trajectory else 0
+        return cls(output, spec, trajectory["params"].shape[1], n_buffers)
+
+    def __len__(self) -> int:
+        return len(self.projections)
+
+    def __contains__(self, step: int) -> bool:
+        return step in self.projections
+
+    def __getitem__(self, step: int) -> Projection:
+        return self.projections[step]
+
+    def _load(self) -> dict[int, Projection]:
+        n = int(self.group.attrs["n_complete"])
+        column = {name: np.asarray(self.group[name][:n]) for name, _ in self.SCALARS}
+        params = np.asarray(self.group["params"][:n])
+        buffers = np.asarray(self.group["buffers"][:n]) if self.n_buffers else np.zeros((n, 0))
+        return {
+            int(column["step"][i]): Projection(
+                torch.from_numpy(params[i]),
+                torch.from_numpy(buffers[i]),
+                int(column["gd_steps"][i]),
+                int(column["status"][i]),
+                float(column["start_loss"][i]),
+                {name: float(column[name][i]) for name in METRICS},
+            )
+            for i in range(n)
+        }
+
+    def add(self, step: int, projection: Projection) -> None:
+        """Append ``projection`` of the SGD state at ``step`` and commit it."""
+        n = int(self.group.attrs["n_complete"])
+        row = {
+            "step": step,
+            "gd_steps": projection.gd_steps,
+            "status": projection.status,
+            "start_loss": projection.start_loss,
+            **{name: projection.metrics[name] for name in METRICS},
+            "params": projection.params.numpy(),
+        }
+        if self.n_buffers:
+            row["buffers"] = projection.buffers.numpy()
+        for name, value in row.items():
+            array = self.group[name]
+            array.resize((n + 1, *array.shape[1:]))
+            array[n] = value
+        self.group.attrs["n_complete"] = n + 1
+        self.projections[step] = projection
+
+    def remove(self) -> None:
+        """Delete the store (once the segment's output is published)."""
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 @torch.no_grad()
@@ -343,7 +476,13 @@ class Bisection:
 
 
 class PathProjector:
-    """Projects SGD states of one trajectory and bisects between them."""
+    """Projects SGD states of one trajectory and bisects between them.
+
+    With a ``cache`` every projection is persisted as it finishes, and one the cache already
+    holds (from a killed earlier attempt) is reused instead of rerunning its GD. The SGD
+    replays to midpoints are still redone: they are cheap next to the projections, and the
+    bisection then runs exactly as in an uninterrupted job.
+    """
 
     def __init__(
         self,
@@ -351,6 +490,7 @@ class PathProjector:
         data: DeviceDataset,
         settings: Mapping[str, Any],
         device: str | torch.device = "cpu",
+        cache: ProjectionCache | None = None,
     ) -> None:
         self.group = trajectory
         self.data = data
@@ -364,8 +504,13 @@ class PathProjector:
             self.sgd.model, self.sgd.loss_fn, settings["interpolation_batch"], self.sgd.chunk
         )
         self.timings = {"project": 0.0, "replay": 0.0, "interpolate": 0.0}
+        self.cache = cache
+        self.n_reused = 0  # projections taken from the cache
 
     def project(self, state: TrainState) -> Projection:
+        if self.cache is not None and state.step in self.cache:
+            self.n_reused += 1
+            return self.cache[state.step]
         start = time.perf_counter()
         result = project(
             self.gd,
@@ -375,6 +520,8 @@ class PathProjector:
             bool(self.settings["reset_momentum"]),
         )
         self.timings["project"] += time.perf_counter() - start
+        if self.cache is not None:
+            self.cache.add(state.step, result)
         return result
 
     def line(self, a: Projection, b: Projection) -> tuple[np.ndarray, np.ndarray]:
@@ -511,7 +658,10 @@ def project_segment(
     except ValueError as err:
         raise HessvalleyError(f"{trajectory}: {err} (did the run stop early?)") from err
     dataset = load_dataset(data, device, group.attrs["run"]["train_on"])
-    projector = PathProjector(group, dataset, settings, device)
+    cache = ProjectionCache.for_segment(output, settings, group, seed, segment)
+    if len(cache):
+        print(f"resuming segment {segment}: {len(cache)} projections from an earlier attempt")
+    projector = PathProjector(group, dataset, settings, device, cache)
     steps = np.asarray(group["step"][...])
     a, b = int(steps[grid[0]]), int(steps[grid[-1]])
     bar = progress(total=b - a, desc=f"{setting} seed {seed} segment {segment}", unit="step")
@@ -556,24 +706,17 @@ def project_segment(
         **summary,
     }
     store.write_store(output, arrays, attrs)
+    cache.remove()
     print(
-        f"segment {segment} (steps {a}..{b}): {summary['n_points']} points, "
-        f"{summary['n_failed_connections']} failed connections, "
+        f"segment {segment} (steps {a}..{b}): {summary['n_points']} points "
+        f"({summary['n_points'] - projector.n_reused} projected, {projector.n_reused} from an "
+        f"earlier attempt), {summary['n_failed_connections']} failed connections, "
         f"{summary['n_not_converged']} not converged, {result.n_bisections} bisections; "
         + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
     )
 
 
 # -- trace along the projected path ----------------------------------------------------------
-
-
-def trace_budget(method: str, probes: int) -> dict[str, int]:
-    """Split ``probes`` matrix-vector products as the estimator needs: Hutch++ spends a third
-    on the sketch H S, a third on tr(Q^T H Q) and the rest on residual probes."""
-    if method == "hutchinson":
-        return {"n_probes": probes}
-    sketch = probes // 3
-    return {"n_probes": probes - 2 * sketch, "sketch_size": sketch}
 
 
 def slope_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -603,6 +746,7 @@ def path_trace(
     """Hessian trace of the training loss at the projected points (all, or the projected
     checkpoints), with the estimator's standard error and a slope fit along the path."""
     from hessvalley.curvature import HessianOperator, hutchinson_trace, hutchpp_trace
+    from hessvalley.curvature.trace import trace_budget
     from hessvalley.flat import unflatten_into
     from hessvalley.losses import build_loss
     from hessvalley.models import build_model

@@ -163,6 +163,47 @@ def projection_targets():
     return paths + figures
 
 
+# -- curvature along trajectories -------------------------------------------------------
+
+
+def curvature_settings():
+    """Run settings whose trajectories get trace and eigenvalue stores."""
+    chosen = config["curvature"]["runs"]
+    return list(config["runs"]) if chosen is None else list(chosen)
+
+
+def curvature_store(setting, seed, name):
+    return f"{RESULTS}/{setting}/seed{seed}/curvature/{name}.zarr"
+
+
+def curvature_kwargs(wildcards, section):
+    """Config of one curvature rule: the shared keys plus its own section only."""
+    shared = {k: v for k, v in config["curvature"].items() if not isinstance(v, dict)}
+    shared.pop("runs")
+    shared[section] = config["curvature"][section]
+    if section == "spectrum":
+        shared[section] = {k: v for k, v in shared[section].items() if k != "runs"}
+    return as_json(
+        {"curvature": shared, "setting": wildcards.setting, "seed": int(wildcards.seed)}
+    )
+
+
+def curvature_figure_inputs(wildcards):
+    seeds = run_spec(wildcards.setting)["seeds"]
+    names = ["trace", "eigen"]
+    if wildcards.setting in config["curvature"]["spectrum"]["runs"]:
+        names.append("spectrum")
+    return {
+        name: [curvature_store(wildcards.setting, seed, name) for seed in seeds]
+        for name in names
+    }
+
+
+def curvature_targets():
+    figures = [f"{FIGURES}/{s}_curvature.pdf" for s in curvature_settings()]
+    return figures
+
+
 TARGETS = []
 
 

@@ -39,22 +39,34 @@ HVP_METHODS = (
     "forward_over_reverse_loop",
 )
 # Chosen by bench/bench_hvp.py on the 2-core CPU development machine, one thread (the default
-# config's ``threads: 1``), 1347 digits, 32 probes per sweep, medians of 11 interleaved repeats;
-# per-probe HVP time / full-data gradient time, whole set in one chunk | chunks of 256:
-#   mlp (64-32-10 tanh, 2410 params): double_backward_batched 0.84 | 0.32,
-#       double_backward_loop 0.66 | 0.56, forward_over_reverse_vmap 0.82 | 0.42,
-#       forward_over_reverse_loop 3.1 | 5.0
-#   cnn (ws_cnn 8-8-8, 1338 params): double_backward_loop 2.34 | 1.90,
-#       double_backward_batched 3.48 | 2.68, forward_over_reverse_vmap 4.22 | 2.72,
-#       forward_over_reverse_loop 3.34 | 3.15
-# Reverse-over-reverse wins: the forward and first backward pass of a chunk are shared by
-# all probes of a sweep. For matmuls, vmap over the second backward (batched) amortises the
-# per-chunk overhead and costs the same ~1.1 ms per probe however the data are chunked (the
-# loop is 0.85 ms with one chunk, 1.9 ms with six). For convolutions vmap's batching rules
-# are slower than a loop on CPU, and the loop sits near the flop floor of an exact HVP for
-# this net (tangent forward + tangent backward ~= 1.96 gradients). Not measured on GPU:
-# pass ``method`` there to override.
+# config's ``threads: 1``), float32, 1347 digits in one chunk, 32 probes per sweep, medians of
+# 7 interleaved repeats; per-probe HVP time / one-chunk full-data gradient time, with glibc
+# malloc keeping freed memory (the bench's default) | glibc's default malloc:
+#   mlp (64-32-10 tanh, 2410 params): double_backward_batched 0.70 | 0.69,
+#       double_backward_loop 0.63 | 0.61, forward_over_reverse_vmap 0.52 | 0.84,
+#       forward_over_reverse_loop 3.2 | 3.1
+#   cnn (ws_cnn 8-8-8 relu, 1338 params): double_backward_loop 2.2 | 2.8,
+#       double_backward_batched 2.3 | 3.1, forward_over_reverse_vmap 1.8 | 6.3,
+#       forward_over_reverse_loop 3.4 | 4.5
+# Reverse-over-reverse is the robust choice: the forward and first backward pass of a chunk
+# are shared by all probes of a sweep. forward_over_reverse_vmap is fastest only when freed
+# memory is kept: its tensors are 32x a chunk's activations, which glibc's default malloc
+# returns to the OS and page-faults back in on every sweep (~1e6 faults per CNN sweep); it
+# also needs that 32x memory. For matmuls, vmap over the second backward (batched) costs
+# about the same per probe however the data are chunked, while the loop's per-chunk overhead
+# grows with the number of chunks (at chunks of 256: batched ~0.7-1.0x, loop ~1.3-1.5x of
+# the one-chunk gradient). For convolutions every method costs about two gradients, the flop
+# count of an exact HVP (tangent forward + tangent backward, each twice the convolutions of
+# the gradient's; vmap's bigger batched kernels get to 1.8 only with kept memory), and the
+# loop needs no extra memory. Not measured on GPU: pass ``method``
+# there to override.
 DEFAULT_HVP_METHOD = {"mlp": "double_backward_batched", "cnn": "double_backward_loop"}
+# ``double_backward_batched`` vmaps the second backward over at most this many
+# (samples in the chunk) x (probes) at once, in sub-blocks of the sweep's probes: past it the
+# batched tangents leave the cache and a sweep slows down (MLP above, one thread: one chunk
+# of 1347 samples, all 32 probes at once 0.70-0.92x a gradient per probe, in sub-blocks of
+# 3-4 0.47-0.66x; at chunks of 256, sub-blocks of 16 and all 32 are alike).
+BATCHED_SAMPLE_PROBES = 4096
 
 
 class LinearOperator(Protocol):
@@ -267,12 +279,21 @@ class HessianOperator:
         theta = self.theta.detach().requires_grad_(True)
         with torch.enable_grad():
             (g,) = torch.autograd.grad(self.chunk_loss(theta, x, y), theta, create_graph=True)
+            group = 1
             if self.method == "double_backward_batched":
-                return torch.autograd.grad(g, theta, rows, is_grads_batched=True)[0]
-            last = len(rows) - 1
-            return torch.stack(
-                [
-                    torch.autograd.grad(g, theta, v, retain_graph=i < last)[0]
-                    for i, v in enumerate(rows)
-                ]
-            )
+                group = max(1, BATCHED_SAMPLE_PROBES // len(y))
+            blocks = rows.split(group)
+            out = []
+            for i, block in enumerate(blocks):
+                retain = i < len(blocks) - 1
+                if len(block) == 1:
+                    out.append(
+                        torch.autograd.grad(g, theta, block[0], retain_graph=retain)[0][None]
+                    )
+                else:
+                    out.append(
+                        torch.autograd.grad(
+                            g, theta, block, retain_graph=retain, is_grads_batched=True
+                        )[0]
+                    )
+            return torch.cat(out)

@@ -130,3 +130,13 @@ def hutchpp_trace(
         op, generator, n_probes, rtol, max_probes, block, deflation=basis, offset=low_rank
     )
     return _summary(residual, 2 * sketch_size + residual.numel(), offset=low_rank)
+
+
+def trace_budget(method: str, matvecs: int, size: int | None = None) -> dict[str, int]:
+    """Keyword arguments spending ``matvecs`` Hessian-vector products on ``method``:
+    Hutchinson uses them all as probes; Hutch++ puts a third into the sketch H S (at most
+    ``size - 1`` columns), a third into tr(Q^T H Q) and the rest into residual probes."""
+    if method == "hutchinson":
+        return {"n_probes": matvecs}
+    sketch = matvecs // 3 if size is None else min(matvecs // 3, size - 1)
+    return {"n_probes": matvecs - 2 * sketch, "sketch_size": sketch}

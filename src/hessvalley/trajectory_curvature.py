@@ -1,0 +1,243 @@
+"""Curvature along a training trajectory: trace, extreme eigenvalues and spectrum per checkpoint.
+
+Each function reads one trajectory, rebuilds the model at every chosen checkpoint (parameters
+and BatchNorm buffers) and writes one store under ``results/<setting>/seed<k>/curvature/``.
+The Hessian is that of the mean training loss over the run's training set (or a seeded
+subset, ``curvature.n_samples``), BatchNorm in the ``curvature.batch_norm`` mode.
+The same probe seed is used at every checkpoint, so differences between checkpoints are not
+probe noise alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from hessvalley import store
+from hessvalley.curvature import (
+    HessianOperator,
+    exact_spectrum,
+    hutchinson_trace,
+    hutchpp_trace,
+    lanczos_extremes,
+    negative_eigenvalue_sum,
+    stochastic_lanczos_quadrature,
+)
+from hessvalley.curvature.trace import trace_budget
+from hessvalley.data import load_dataset
+from hessvalley.device import resolve_device
+from hessvalley.progress import progress
+from hessvalley.train import open_trajectory, read_state, trainer_for
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def chosen_checkpoints(n_checkpoints: int, every: int) -> np.ndarray:
+    """Every ``every``-th checkpoint, always including the last one."""
+    chosen = list(range(0, n_checkpoints, every))
+    if chosen[-1] != n_checkpoints - 1:
+        chosen.append(n_checkpoints - 1)
+    return np.asarray(chosen)
+
+
+class CheckpointHessians:
+    """Hessian operators of one trajectory's training loss at its checkpoints."""
+
+    def __init__(
+        self, trajectory: str, data: str, curvature: Mapping[str, Any], device: str
+    ) -> None:
+        self.device = resolve_device(device)
+        self.group = open_trajectory(trajectory)
+        self.run = self.group.attrs["run"]
+        dataset = load_dataset(data, self.device, self.run["train_on"])
+        self.trainer = trainer_for(self.group, self.device, dataset)
+        x, y = dataset.x_train, dataset.y_train
+        n = curvature["n_samples"]
+        if n is not None and n < len(y):
+            generator = torch.Generator().manual_seed(int(curvature["subset_seed"]))
+            keep = torch.randperm(len(y), generator=generator)[:n].sort().values.to(x.device)
+            x, y = x[keep], y[keep]
+        self.x, self.y = x, y
+        self.curvature = curvature
+        self.n_checkpoints = int(self.group.attrs["n_checkpoints"])
+        self.n_params = int(self.group.attrs["param_layout"]["numel"])
+
+    def operator(self, k: int) -> HessianOperator:
+        self.trainer.load_state(read_state(self.group, k))
+        return HessianOperator(
+            self.trainer.model,
+            self.trainer.loss_fn,
+            self.x,
+            self.y,
+            chunk_size=int(self.curvature["chunk_size"]),
+            probes_per_sweep=int(self.curvature["probes_per_sweep"]),
+            bn_policy=self.curvature["batch_norm"],
+            dtype=DTYPES[self.curvature["dtype"]],
+        )
+
+    def coords(self, chosen: np.ndarray) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+        return {
+            "checkpoint": (("checkpoint",), chosen),
+            "step": (("checkpoint",), np.asarray(self.group["step"][...])[chosen]),
+            "epoch": (("checkpoint",), np.asarray(self.group["epoch"][...])[chosen]),
+            "train_loss": (("checkpoint",), np.asarray(self.group["train_loss"][...])[chosen]),
+        }
+
+    def attrs(self, section: str, setting: str, seed: int) -> dict[str, Any]:
+        spec = {key: self.curvature[key] for key in SHARED_KEYS} | {
+            section: self.curvature[section]
+        }
+        return {
+            **store.provenance(spec, seed=seed),
+            "setting": setting,
+            "n_samples": len(self.y),
+            "n_params": self.n_params,
+            "trajectory_config_hash": self.group.attrs["config_hash"],
+        }
+
+
+SHARED_KEYS = ("n_samples", "subset_seed", "batch_norm", "dtype", "chunk_size", "probes_per_sweep")
+
+
+def trace_along_trajectory(
+    curvature: Mapping[str, Any],
+    setting: str,
+    seed: int,
+    trajectory: str,
+    data: str,
+    output: str,
+    device: str = "cpu",
+) -> None:
+    """Hutch++ (or Hutchinson) trace with standard error and samples at each chosen checkpoint."""
+    hessians = CheckpointHessians(trajectory, data, curvature, device)
+    spec = curvature["trace"]
+    chosen = chosen_checkpoints(hessians.n_checkpoints, curvature["every"])
+    estimator = hutchpp_trace if spec["method"] == "hutchpp" else hutchinson_trace
+    budget = trace_budget(spec["method"], int(spec["matvecs"]), hessians.n_params)
+    estimates, stderrs, samples, matvecs = [], [], [], []
+    for k in progress(chosen, desc=f"{setting} seed {seed} trace", unit="checkpoint"):
+        generator = torch.Generator().manual_seed(int(spec["seed"]))
+        result = estimator(hessians.operator(int(k)), generator, **budget)
+        estimates.append(result.estimate)
+        stderrs.append(result.stderr)
+        samples.append(result.samples.numpy())
+        matvecs.append(result.n_matvecs)
+    arrays = {
+        **hessians.coords(chosen),
+        "trace": (("checkpoint",), np.asarray(estimates)),
+        "trace_stderr": (("checkpoint",), np.asarray(stderrs)),
+        "trace_samples": (("checkpoint", "sample"), np.stack(samples)),
+        "n_matvecs": (("checkpoint",), np.asarray(matvecs)),
+    }
+    store.write_store(output, arrays, {**hessians.attrs("trace", setting, seed), **budget})
+    print(f"{setting} seed {seed}: trace {estimates[0]:.4g} -> {estimates[-1]:.4g}")
+
+
+def eigen_along_trajectory(
+    curvature: Mapping[str, Any],
+    setting: str,
+    seed: int,
+    trajectory: str,
+    data: str,
+    output: str,
+    device: str = "cpu",
+) -> None:
+    """The k largest and k most negative eigenvalues (Lanczos) with Ritz residuals."""
+    hessians = CheckpointHessians(trajectory, data, curvature, device)
+    spec = curvature["eigen"]
+    k = min(int(spec["k"]), hessians.n_params)
+    chosen = chosen_checkpoints(hessians.n_checkpoints, curvature["every"])
+    rows: dict[str, list] = {name: [] for name in RITZ_FIELDS}
+    for index in progress(chosen, desc=f"{setting} seed {seed} eigen", unit="checkpoint"):
+        generator = torch.Generator().manual_seed(int(spec["seed"]))
+        pairs = lanczos_extremes(
+            hessians.operator(int(index)),
+            k,
+            generator,
+            tol=float(spec["tol"]),
+            max_dim=spec["max_dim"],
+            block_size=int(spec["block_size"]),
+        )
+        for name in RITZ_FIELDS:
+            value = getattr(pairs, name)
+            rows[name].append(value.numpy() if isinstance(value, torch.Tensor) else value)
+    arrays = {
+        **hessians.coords(chosen),
+        "largest": (("checkpoint", "rank"), np.stack(rows["largest"])),
+        "largest_residual": (("checkpoint", "rank"), np.stack(rows["largest_residuals"])),
+        "smallest": (("checkpoint", "rank"), np.stack(rows["smallest"])),
+        "smallest_residual": (("checkpoint", "rank"), np.stack(rows["smallest_residuals"])),
+        "n_matvecs": (("checkpoint",), np.asarray(rows["n_matvecs"])),
+        "converged": (("checkpoint",), np.asarray(rows["converged"])),
+    }
+    store.write_store(output, arrays, hessians.attrs("eigen", setting, seed))
+    top = np.stack(rows["largest"])[:, 0]
+    print(f"{setting} seed {seed}: top eigenvalue {top[0]:.4g} -> {top[-1]:.4g}")
+
+
+RITZ_FIELDS = (
+    "largest",
+    "largest_residuals",
+    "smallest",
+    "smallest_residuals",
+    "n_matvecs",
+    "converged",
+)
+
+
+def spectrum_along_trajectory(
+    curvature: Mapping[str, Any],
+    setting: str,
+    seed: int,
+    trajectory: str,
+    data: str,
+    output: str,
+    device: str = "cpu",
+) -> None:
+    """Every eigenvalue (exact Hessian, float64 eigh) for nets up to ``max_params``; beyond
+    that, the spectral density by stochastic Lanczos quadrature. Both give the sum of the
+    negative eigenvalues (W&S Fig 2a) and a density on a common grid."""
+    hessians = CheckpointHessians(trajectory, data, curvature, device)
+    spec = curvature["spectrum"]
+    exact = hessians.n_params <= int(spec["max_params"])
+    chosen = chosen_checkpoints(hessians.n_checkpoints, spec["every"])
+    results = []
+    for k in progress(chosen, desc=f"{setting} seed {seed} spectrum", unit="checkpoint"):
+        op = hessians.operator(int(k))
+        if exact:
+            eigenvalues = exact_spectrum(op, int(spec["max_params"])).numpy()
+            results.append(
+                (eigenvalues, negative_eigenvalue_sum(torch.from_numpy(eigenvalues)), 0.0)
+            )
+        else:
+            generator = torch.Generator().manual_seed(int(spec["seed"]))
+            quadrature = stochastic_lanczos_quadrature(
+                op, generator, n_starts=int(spec["slq_starts"]), n_steps=int(spec["slq_steps"])
+            )
+            negative = quadrature.trace_of(lambda t: t.clamp(max=0))
+            results.append((quadrature, negative.estimate, negative.stderr))
+    arrays = {
+        **hessians.coords(chosen),
+        "negative_sum": (("checkpoint",), np.asarray([r[1] for r in results])),
+        "negative_sum_stderr": (("checkpoint",), np.asarray([r[2] for r in results])),
+    }
+    if exact:
+        arrays["eigenvalues"] = (("checkpoint", "eigen"), np.stack([r[0] for r in results]))
+    else:
+        arrays["slq_nodes"] = (
+            ("checkpoint", "start", "node"),
+            np.stack([r[0].nodes.numpy() for r in results]),
+        )
+        arrays["slq_weights"] = (
+            ("checkpoint", "start", "node"),
+            np.stack([r[0].weights.numpy() for r in results]),
+        )
+    attrs = {**hessians.attrs("spectrum", setting, seed), "method": "exact" if exact else "slq"}
+    store.write_store(output, arrays, attrs)
+    print(
+        f"{setting} seed {seed}: {'exact' if exact else 'SLQ'} spectrum at {len(chosen)} "
+        f"checkpoints; negative eigenvalue sum {results[-1][1]:.4g} at the last"
+    )
