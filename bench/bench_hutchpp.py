@@ -12,8 +12,11 @@ both) and RMS z-score (error / reported stderr, ~1 when the stderr is honest).
 Target: Hutch++ needs >= 3x fewer HVPs.
 
   python bench/bench_hutchpp.py --family mlp --rtol 0.01 --seeds 10
-  python bench/bench_hutchpp.py --family cnn --adam --lr 0.01 --train-steps 400 --rtol 0.05 \
-      --seeds 5
+
+The CNN (``--family cnn --adam --lr 0.01 --train-steps 400 --rtol 0.05``) runs but takes over
+10 minutes (float64 convolution HVPs; top eigenvalue 139 of a trace of 329, so Hutchinson's
+samples are heavy-tailed). Seed 0: Hutchinson 216 HVPs for 4.9% stderr, Hutch++ 56 HVPs
+(sketch 20) for 0.13%.
 
 Recorded (1 thread, defaults: MLP 64-32-10 tanh, P=2410, 500 GD steps, train loss 0.026,
 exact trace 12.579, top eigenvalues 1.59, 1.01, 0.91, ..., median |lambda| 7e-5, top 20

@@ -11,6 +11,10 @@ Trains a short trajectory of each model on digits (the embedded default's settin
                to one point at a time.
 
   python bench/bench_projection.py --models mlp convnet4 --repeats 5
+
+Recorded (2-core CPU, 1 thread, medians of 5): MLP 0.58 s per projection, interpolation
+1241 points/s (1.29x faster batched 8 per call than one at a time); ConvNet 0.51 s per
+projection, 311 points/s.
 """
 
 from __future__ import annotations

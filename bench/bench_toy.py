@@ -8,6 +8,9 @@ independent runs of that length the simulator finishes per second).
 
   python bench/bench_toy.py --repeats 5
   python bench/bench_toy.py --runs 500 2000 8000 --losses abs_valley --threads 1
+
+Recorded (2-core CPU, float64, default flags, medians of 5), complete runs per second:
+fig2b 7847 (9 etas x 2000 runs in one batch), fig2cd 1735, fig7 4970.
 """
 
 from __future__ import annotations
