@@ -129,6 +129,11 @@ MALFORMED = [
     ("device", "tpu", "device: 'tpu' is not one of ['cpu', 'cuda', 'auto']"),
     ("gpu", -1, "gpu: -1 is less than the minimum of 0"),
     ("threads", "two", "threads: 'two' is not of type 'integer'"),
+    (
+        "checkpoint_flush_seconds",
+        -5,
+        "checkpoint_flush_seconds: -5 is less than the minimum of 0",
+    ),
     ("unknown_key", 1, "Additional properties are not allowed ('unknown_key' was unexpected)"),
 ]
 
@@ -148,6 +153,7 @@ def test_valid_config_gets_defaults():
     assert run["optimizer"]["dampening"] == 0.0 and run["optimizer"]["weight_decay"] == 0.0
     assert run["checkpoint_every"] is None and run["train_on"] == "all"
     assert config["datasets"]["digits"]["normalize"] is True
+    assert config["checkpoint_flush_seconds"] == 30
     assert TINY["runs"]["tiny_mlp"].get("train_on") is None, "the input must not be mutated"
 
 

@@ -263,6 +263,7 @@ def long_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LongRun]:
     root = tmp_path_factory.mktemp("preemption")
     config = yaml.safe_load(TINY_CONFIG.read_text())
     config["gpu"] = 1  # the train job requests a (fake) GPU
+    config["checkpoint_flush_seconds"] = 0  # every checkpoint on disk at once: kill mid-run
     config["runs"]["tiny_mlp"].update(LONG_RUN)
     config["runs"]["tiny_mlp"]["optimizer"]["batch_size"] = LONG_BATCH_SIZE
     config_path = root / "long.yaml"

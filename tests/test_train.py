@@ -17,12 +17,16 @@ import torch
 import zarr
 
 from hessvalley import store
+from hessvalley import train as train_module
 from hessvalley.cli import HessvalleyError
 from hessvalley.data import load_dataset
 from hessvalley.losses import build_loss
 from hessvalley.models import build_model
 from hessvalley.train import (
+    METRICS,
     Trainer,
+    TrainState,
+    TrajectoryWriter,
     checkpoint_steps,
     epoch_order,
     read_state,
@@ -133,6 +137,8 @@ def test_resume_after_sigkill_is_exact(tmp_path, digits_store, digits_spec):
         _cli_kwargs(spec, digits_spec, digits_store, output),
         "--threads",
         "1",
+        "--checkpoint-flush-seconds",
+        "0",  # each checkpoint reaches the disk at once
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = store.partial_path(output)
@@ -155,6 +161,120 @@ def test_resume_after_sigkill_is_exact(tmp_path, digits_store, digits_spec):
     assert sorted(got) == sorted(want)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_sigterm_writes_buffered_checkpoints_then_resume_is_exact(
+    tmp_path, digits_store, digits_spec
+):
+    """scancel and SLURM preemption send SIGTERM: checkpoints still in the writer's buffer (the
+    default flush interval is far longer than this run) reach the disk before the exit."""
+    spec = run_spec(epochs=60, optimizer={"lr": 0.05, "momentum": 0.9, "batch_size": 4})
+    reference = train(tmp_path, digits_store, spec, digits_spec, name="reference")
+    output = str(tmp_path / "terminated.zarr")
+    command = [sys.executable, "-m", "hessvalley", "call", "hessvalley.train:train_run",
+               "--kwargs", _cli_kwargs(spec, digits_spec, digits_store, output),
+               "--threads", "1"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    partial = store.partial_path(output)
+    deadline = time.time() + 120
+    while not (partial / "step" / "zarr.json").exists() and time.time() < deadline:
+        time.sleep(0.02)  # the arrays exist: training starts now
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    log = process.communicate(timeout=60)[0].decode()
+    assert process.returncode == 128 + signal.SIGTERM, log[-2000:]
+    group = zarr.open_group(partial, mode="r")
+    kept = group.attrs["n_complete"]
+    assert 2 <= kept < 61, "the signal must land mid-run"
+    assert f"checkpoint(s) before stopping; {kept} are on disk" in log
+    want = arrays(reference)
+    for name in ("params", "momentum", "step", "train_loss"):
+        np.testing.assert_array_equal(group[name][:kept], want[name][:kept], err_msg=name)
+
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    got = arrays(output)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+@pytest.mark.parametrize(
+    ("flush_seconds", "eager_bytes"),
+    [(0.0, 2**40), (30.0, 0), (0.0, 0)],
+    ids=["each-checkpoint-at-once", "eager-states", "eager-states-each-at-once"],
+)
+def test_checkpoint_write_modes_store_the_same_trajectory(
+    tmp_path, digits_store, digits_spec, monkeypatch, flush_seconds, eager_bytes
+):
+    """Batched writes (the default for this small net: one batch at the end), one write per
+    checkpoint, and states written at each checkpoint all store the same bytes."""
+    spec = run_spec(epochs=3, optimizer={"lr": 0.05, "momentum": 0.9, "batch_size": 32})
+    batched = arrays(train(tmp_path, digits_store, spec, digits_spec, name="batched"))
+    monkeypatch.setattr(train_module, "EAGER_STATE_BYTES", eager_bytes)
+    path = train(tmp_path, digits_store, spec, digits_spec, checkpoint_flush_seconds=flush_seconds)
+    other = arrays(path)
+    assert sorted(other) == sorted(batched)
+    for name in batched:
+        np.testing.assert_array_equal(other[name], batched[name], err_msg=name)
+    assert zarr.open_group(path, mode="r").attrs["n_complete"] == 4
+
+
+WRITER_METRICS = dict.fromkeys(METRICS, 0.25)
+
+
+def writer_store(tmp_path: Path) -> zarr.Group:
+    """A bare trajectory-like store of 4 checkpoints of 3 params."""
+    group = zarr.open_group(tmp_path / "w.zarr", mode="w")
+    store.create(group, "params", ("checkpoint", "param"), shape=(4, 3), dtype="float32",
+                 chunks=(1, 3), compress=False)  # fmt: skip
+    store.create(group, "step", ("checkpoint",), shape=(4,), dtype="int64", fill_value=-1)
+    for name in ("epoch", *METRICS):
+        store.create(group, name, ("checkpoint",), shape=(4,), dtype="float64", fill_value=-1)
+    group.attrs["n_complete"] = 0
+    return group
+
+
+def writer_state(k: int) -> TrainState:
+    return TrainState(torch.full((3,), float(k)), None, torch.zeros(0, dtype=torch.float64), 2 * k)
+
+
+def test_failed_state_write_stops_later_batches(tmp_path, monkeypatch):
+    group = writer_store(tmp_path)
+    writer = TrajectoryWriter(group, steps_per_epoch=4, flush_seconds=0, eager_bytes=0)
+
+    def broken(first, states):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(writer, "_write_states", broken)
+    writer.write(0, writer_state(0), WRITER_METRICS)
+    with pytest.raises(OSError, match="disk full"):  # the first error, not the skipped batch's
+        writer.close()
+    # the batch queued after the failed state write did not mark checkpoint 0 complete
+    assert zarr.open_group(tmp_path / "w.zarr", mode="r").attrs["n_complete"] == 0
+
+
+def test_writer_buffers_checkpoints_until_flushed(tmp_path):
+    group = writer_store(tmp_path)
+
+    def on_disk():
+        return zarr.open_group(tmp_path / "w.zarr", mode="r").attrs["n_complete"]
+
+    writer = TrajectoryWriter(group, steps_per_epoch=4, flush_seconds=3600)
+    writer.write(0, writer_state(0), WRITER_METRICS)
+    writer.write(1, writer_state(1), WRITER_METRICS)
+    assert writer.n_buffered == 2 and on_disk() == 0
+    with pytest.raises(ValueError, match="checkpoint 3 queued after 1"):
+        writer.write(3, writer_state(3), WRITER_METRICS)
+    writer.close()
+    assert on_disk() == 2
+    np.testing.assert_array_equal(group["params"][:2], [[0, 0, 0], [1, 1, 1]])
+    np.testing.assert_array_equal(group["epoch"][:], [0, 0.5, -1, -1])
+    # A buffer limit of one state's bytes hands each checkpoint over at once.
+    writer = TrajectoryWriter(group, steps_per_epoch=4, flush_seconds=3600, max_bytes=12)
+    writer.write(2, writer_state(2), WRITER_METRICS)
+    assert writer.n_buffered == 0
+    writer.close()
+    assert on_disk() == 3 and group["step"][2] == 4
 
 
 def test_divergence_names_step_and_value_and_keeps_checkpoints(tmp_path, digits_store, digits_spec):

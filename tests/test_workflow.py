@@ -75,6 +75,12 @@ def test_second_run_has_nothing_to_do(workdir):
     assert planned_jobs(workdir) == {}
 
 
+def test_execution_keys_rerun_nothing(workdir):
+    """The device and the checkpoint flush interval change how jobs run, not their results."""
+    edit_config(workdir, lambda c: c.update(device="auto", checkpoint_flush_seconds=0))
+    assert planned_jobs(workdir) == {}
+
+
 def test_figure_key_reruns_only_that_figure(workdir):
     edit_config(workdir, lambda c: c.setdefault("figures", {}).update(training_log_scale=False))
     assert planned_jobs(workdir) == {"all": 1, "training_figure": 1}

@@ -44,7 +44,11 @@ def _redirect_to_log(log_path: str) -> int:
 
 
 def call(
-    target: str, kwargs: dict[str, Any], threads: int | None = None, device: str | None = None
+    target: str,
+    kwargs: dict[str, Any],
+    threads: int | None = None,
+    device: str | None = None,
+    checkpoint_flush_seconds: float | None = None,
 ) -> Any:
     if threads:
         # torch reads this when (and if) the stage imports it; figure rules never pay for it.
@@ -53,6 +57,8 @@ def call(
             sys.modules["torch"].set_num_threads(threads)
     if device is not None:
         kwargs = {**kwargs, "device": device}
+    if checkpoint_flush_seconds is not None:
+        kwargs = {**kwargs, "checkpoint_flush_seconds": checkpoint_flush_seconds}
     return resolve(target)(**kwargs)
 
 
@@ -66,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     p_call.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p_call.add_argument("--log", default=None, help="append all output to this file")
     p_call.add_argument("--device", default=None, help="cpu, cuda or auto (passed as device=)")
+    p_call.add_argument(
+        "--checkpoint-flush-seconds",
+        type=float,
+        default=None,
+        help="seconds between checkpoint writes (passed as checkpoint_flush_seconds=)",
+    )
     args = parser.parse_args(argv)
 
     terminal = _redirect_to_log(args.log) if args.log else None
@@ -75,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             {**json.loads(args.kwargs), **json.loads(args.io)},
             args.threads,
             args.device,
+            args.checkpoint_flush_seconds,
         )
     except HessvalleyError as err:
         message = f"hessvalley: {err}\n"

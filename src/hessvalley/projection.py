@@ -138,7 +138,7 @@ class ProjectionCache:
                     compress=False,
                 )
         # The hash goes in last: a store killed before it is complete is never reused.
-        self.group.attrs.update({**store.provenance(spec), "n_complete": 0})
+        self.group.update_attributes({**store.provenance(spec), "n_complete": 0})
 
     @classmethod
     def for_segment(

@@ -141,6 +141,8 @@ def create(
         kwargs["fill_value"] = fill_value
     if not compress:
         kwargs["compressors"] = None
+        # skip zarr's scan of every chunk for all-fill values: weights are never all zero
+        kwargs["config"] = {"write_empty_chunks": True}
     array = group.create_array(
         name,
         shape=tuple(shape),
@@ -168,7 +170,7 @@ def write_store(
     group = zarr.open_group(tmp, mode="w")
     for name, (dims, data) in arrays.items():
         create(group, name, dims, data)
-    group.attrs.update(jsonable(dict(attrs)))
+    group.update_attributes(jsonable(dict(attrs)))
     return publish(path)
 
 

@@ -19,8 +19,13 @@ except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
 # Rule code refers to these through the environment, so the recorded rule code (a re-run
-# trigger) does not change with the interpreter's path or the compute device.
-os.environ.update(HESSVALLEY_PYTHON=sys.executable, HESSVALLEY_DEVICE=config["device"])
+# trigger) does not change with the interpreter's path, the compute device or how often
+# checkpoints are written: none of them changes a result.
+os.environ.update(
+    HESSVALLEY_PYTHON=sys.executable,
+    HESSVALLEY_DEVICE=config["device"],
+    HESSVALLEY_CHECKPOINT_FLUSH_SECONDS=str(config["checkpoint_flush_seconds"]),
+)
 SRC = Path(workflow.basedir) / "src" / "hessvalley"
 DATA = "resources/data"
 RESULTS = "results"
@@ -41,16 +46,20 @@ def src(*modules):
     )
 
 
-def hessvalley(target, device=False):
+def hessvalley(target, device=False, checkpoints=False):
     """Shell command running one package function.
 
     Keyword arguments come from two params: `kwargs` (config values; a change re-runs the
     job) and `io` (paths, derived from input/output; Snakemake tracks those itself).
+    `device` and `checkpoints` pass the device and the checkpoint flush interval, which
+    change how a job runs but not what it computes.
     """
-    device_flag = ' --device "$HESSVALLEY_DEVICE"' if device else ""
+    flags = ' --device "$HESSVALLEY_DEVICE"' if device else ""
+    if checkpoints:
+        flags += ' --checkpoint-flush-seconds "$HESSVALLEY_CHECKPOINT_FLUSH_SECONDS"'
     return (
         f'"$HESSVALLEY_PYTHON" -m hessvalley call {target} --kwargs {{params.kwargs:q}}'
-        f" --io {{params.io:q}} --threads {{threads}} --log {{log}}{device_flag}"
+        f" --io {{params.io:q}} --threads {{threads}} --log {{log}}{flags}"
     )
 
 

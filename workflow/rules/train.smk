@@ -21,7 +21,7 @@ rule train:
         kwargs=train_kwargs,
         io=train_io,
     shell:
-        hessvalley("hessvalley.train:train_run", device=True)
+        hessvalley("hessvalley.train:train_run", device=True, checkpoints=True)
 
 
 targets(lambda: [path for setting in config["runs"] for path in trajectories(setting)])
