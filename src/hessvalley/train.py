@@ -321,15 +321,14 @@ def train_run(
         n = len(steps)
         created = {}
 
-        def create(name: str, dims: tuple[str, ...], shape: tuple[int, ...], dtype: str,
-                   **kwargs: Any) -> None:  # fmt: skip
-            created[name] = store.create(group, name, dims, shape=shape, dtype=dtype, **kwargs)
+        def create(name: str, dims: tuple[str, ...], shape: tuple[int, ...], dtype: str, **kw):
+            created[name] = store.create(group, name, dims, shape=shape, dtype=dtype, **kw)
 
         def per_checkpoint(name: str, dim: str, width: int, dtype: str) -> None:
             """Rows of a small net share a chunk file: fewer files to write per batch."""
             rows = max(1, min(n, CHUNK_BYTES // (width * np.dtype(dtype).itemsize)))
-            create(name, ("checkpoint", dim), (n, width), dtype, chunks=(rows, width),
-                   compress=False)  # fmt: skip
+            chunks = (rows, width)
+            create(name, ("checkpoint", dim), (n, width), dtype, chunks=chunks, compress=False)
 
         per_checkpoint("params", "param", n_params, "float32")
         if has_momentum:
@@ -526,9 +525,9 @@ class TrajectoryWriter:
         self.steps_per_epoch = steps_per_epoch
         self.flush_seconds = float(flush_seconds)
         self.max_bytes = int(max_bytes)
-        row_bytes = [self.arrays[n].nbytes // self.arrays[n].shape[0] for n in STATE_ARRAYS
-                     if n in self.arrays]  # fmt: skip
-        self.eager = sum(row_bytes) >= (EAGER_STATE_BYTES if eager_bytes is None else eager_bytes)
+        states = [self.arrays[name] for name in STATE_ARRAYS if name in self.arrays]
+        row_bytes = sum(array.nbytes // array.shape[0] for array in states)
+        self.eager = row_bytes >= (EAGER_STATE_BYTES if eager_bytes is None else eager_bytes)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._pending: list[Future] = []
         self._buffer: list[_Checkpoint] = []
