@@ -162,6 +162,8 @@ def time_train_run(
 
 
 def quartiles(values: list[float], scale: float = 1.0, unit: str = "") -> str:
+    if len(values) < 2:
+        return f"{values[0] * scale:.3f}{unit} (one repeat)"
     q1, q2, q3 = (v * scale for v in statistics.quantiles(values, n=4, method="inclusive"))
     return f"median {q2:.3f}{unit} (quartiles {q1:.3f}-{q3:.3f})"
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: small dataset stores and validated run specs."""
+"""Shared fixtures: small dataset stores, validated run specs, one torch thread."""
 
 from __future__ import annotations
 
@@ -6,11 +6,22 @@ import copy
 from pathlib import Path
 
 import pytest
+import torch
 
 from hessvalley.config import validate_config
 from hessvalley.data import build_dataset_store
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread, as the embedded default's jobs: tiny nets run faster on one, and on
+    a busy 2-core machine two threads per process mostly wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_config(runs: dict, datasets: dict | None = None) -> dict:

@@ -9,22 +9,10 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 from torch import nn
 
 from hessvalley.losses import cross_entropy, mse_one_hot
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny nets run faster on one thread, and a loaded 2-core machine makes two-thread
-    barriers of small ops take milliseconds each."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 LOSSES = {"ce": cross_entropy(), "ls_ce": cross_entropy(0.1), "mse": mse_one_hot}
 N_CLASSES = 3

@@ -19,9 +19,8 @@ from hessvalley.curvature import (
 from hessvalley.curvature.trace import rademacher
 from hessvalley.losses import mse_one_hot
 
-from .curvature_nets import (  # noqa: F401 (one_thread is a fixture)
+from .curvature_nets import (
     LOSSES,
-    one_thread,
     reference_hessian,
     tiny_cnn,
     tiny_data,

@@ -27,9 +27,8 @@ from hessvalley.curvature import (
     stochastic_lanczos_quadrature,
 )
 
-from .curvature_nets import (  # noqa: F401 (one_thread is a fixture)
+from .curvature_nets import (
     LOSSES,
-    one_thread,
     reference_hessian,
     reference_per_sample_gradients,
     tiny_cnn,

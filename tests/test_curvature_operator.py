@@ -16,9 +16,8 @@ from hessvalley.curvature.operator import HVP_METHODS, model_family
 from hessvalley.flat import flatten
 from hessvalley.losses import mse_one_hot
 
-from .curvature_nets import (  # noqa: F401 (one_thread is a fixture)
+from .curvature_nets import (
     LOSSES,
-    one_thread,
     reference_hessian,
     tiny_cnn,
     tiny_data,

@@ -8,9 +8,8 @@ import torch
 
 from hessvalley.curvature import HessianOperator, MatrixOperator, hutchinson_trace, hutchpp_trace
 
-from .curvature_nets import (  # noqa: F401 (one_thread is a fixture)
+from .curvature_nets import (
     LOSSES,
-    one_thread,
     reference_hessian,
     tiny_data,
     tiny_mlp,

@@ -63,18 +63,9 @@ from hessvalley.train import (
 
 from .conftest import REPO, make_config, run_spec
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 MLP = {"name": "mlp", "widths": [8], "activation": "tanh"}
 BN_MODEL = {"name": "vgg11", "batch_norm": True, "width": 8}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread, as the embedded default's jobs: on a busy 2-core machine two
-    threads per process mostly wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def train(directory: Path, name: str, spec: dict, digits_spec: dict, data: str, **kw) -> str:

@@ -25,15 +25,8 @@ from hessvalley.trajectory_curvature import (
 from .conftest import make_config, run_spec
 
 MLP = {"name": "mlp", "widths": [6], "activation": "tanh"}
+pytestmark = pytest.mark.usefixtures("one_thread")
 BN_CNN = {"name": "vgg11", "batch_norm": True, "width": 4}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def curvature_config(**overrides) -> dict:

@@ -39,9 +39,10 @@ def draw_path(ax, path: str, trajectory: str) -> None:
     ax.plot(epoch, p["val_loss"], "-", color="C1", lw=1.2, label="validation (projected)")
     # Highest training loss on the line to the next projected point: a barrier shows up here.
     mid = 0.5 * (epoch[:-1] + epoch[1:])
+    barrier = p["interp_train_loss"].max(axis=1)
     ax.plot(
         mid,
-        p["interp_train_loss"].max(axis=1),
+        barrier,
         ".",
         color="C2",
         ms=3,
@@ -51,7 +52,7 @@ def draw_path(ax, path: str, trajectory: str) -> None:
     if failed.any():
         ax.plot(
             mid[failed],
-            p["interp_train_loss"].max(axis=1)[failed],
+            barrier[failed],
             "x",
             color="C3",
             ms=6,
