@@ -4,11 +4,19 @@ Run everything on the embedded default with `snakemake --cores all`; target one 
 `snakemake --cores all results/figures/<id>.pdf`. See README.md.
 """
 
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
 # The embedded default, unless a --configfile is given: Snakemake would otherwise merge the two
 # (the default's runs would join the paper's).
 if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -18,6 +26,7 @@ include: "workflow/rules/figures.smk"
 include: "workflow/rules/project.smk"
 include: "workflow/rules/curvature.smk"
 include: "workflow/rules/toy.smk"
+include: "workflow/rules/claims.smk"
 
 
 rule all:

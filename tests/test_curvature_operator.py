@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from hessvalley.cli import HessvalleyError
 from hessvalley.curvature import HessianOperator, exact_hessian
 from hessvalley.curvature import operator as operator_module
 from hessvalley.curvature.operator import HVP_METHODS, model_family
+from hessvalley.errors import HessvalleyError
 from hessvalley.flat import flatten
 from hessvalley.losses import mse_one_hot
 

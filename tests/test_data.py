@@ -8,9 +8,10 @@ import xarray as xr
 import zarr
 from PIL import Image
 
-from hessvalley.cli import HessvalleyError
-from hessvalley.config import train_size, validate_config
+from hessvalley.config import validate_config
 from hessvalley.data import SPLIT_A, SPLIT_B, build_dataset_store, load_dataset, prepare
+from hessvalley.errors import HessvalleyError
+from hessvalley.schedule import train_size
 
 
 def dataset_spec(**spec) -> dict:

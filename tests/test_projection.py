@@ -46,16 +46,15 @@ from hessvalley.projection import (
     slope_fit,
 )
 from hessvalley.projection_plan import (
-    checkpoint_schedule,
     n_segments,
     problems,
     projection_grid,
     segment_grid,
 )
+from hessvalley.schedule import checkpoint_steps, run_checkpoint_steps
 from hessvalley.train import (
     METRICS,
     TrainState,
-    checkpoint_steps,
     read_state,
     train_run,
     trainer_for,
@@ -362,7 +361,7 @@ def test_segment_plan_matches_training(tmp_path, digits_store, digits_spec):
     config = make_config(runs)
     config = validate_config({**config, "projection": {"runs": {"a": {"checkpoint_stride": 2}}}})
     # 256 // 32 = 8 steps per epoch, 24 steps: checkpoints 0, 5, ..., 20, 24.
-    assert checkpoint_schedule(config, "a") == checkpoint_steps(24, 5) == [0, 5, 10, 15, 20, 24]
+    assert run_checkpoint_steps(config, "a") == checkpoint_steps(24, 5) == [0, 5, 10, 15, 20, 24]
     spec = {k: v for k, v in config["runs"]["a"].items() if k != "seeds"}
     trained = train(tmp_path, "a", spec, digits_spec, digits_store)
     assert store.read_arrays(trained, ["step"])["step"].tolist() == [0, 5, 10, 15, 20, 24]
@@ -404,7 +403,7 @@ def segment_command(chosen: dict, trajectory: str, data: str, output: str, log: 
     """The projection_segment rule's command line (one torch thread, as the tests)."""
     kwargs = {"settings": chosen, "segment": 0, "setting": "r", "seed": 0}
     io = {"trajectory": trajectory, "data": data, "output": output}
-    return [sys.executable, "-m", "hessvalley", "call", "hessvalley.projection:project_segment",
+    return [sys.executable, "-m", "hessvalley", "run", "projection_segment",
             "--kwargs", json.dumps(kwargs), "--io", json.dumps(io), "--threads", "1",
             "--log", log]  # fmt: skip
 
@@ -506,7 +505,7 @@ def test_projection_cache_is_reused_only_for_the_same_segment_spec(
 
 
 def test_project_segment_refuses_a_missing_segment(runs, digits_store, tmp_path):
-    from hessvalley.cli import HessvalleyError
+    from hessvalley.errors import HessvalleyError
 
     with pytest.raises(HessvalleyError, match="segment 1 does not exist"):
         project_segment(

@@ -18,16 +18,16 @@ import zarr
 
 from hessvalley import store
 from hessvalley import train as train_module
-from hessvalley.cli import HessvalleyError
 from hessvalley.data import load_dataset
+from hessvalley.errors import HessvalleyError
 from hessvalley.losses import build_loss
 from hessvalley.models import build_model
+from hessvalley.schedule import checkpoint_steps
 from hessvalley.train import (
     METRICS,
     Trainer,
     TrainState,
     TrajectoryWriter,
-    checkpoint_steps,
     epoch_order,
     read_state,
     replay,
@@ -131,16 +131,17 @@ def test_resume_after_sigkill_is_exact(tmp_path, digits_store, digits_spec):
         sys.executable,
         "-m",
         "hessvalley",
-        "call",
-        "hessvalley.train:train_run",
+        "run",
+        "train",
         "--kwargs",
         _cli_kwargs(spec, digits_spec, digits_store, output),
         "--threads",
         "1",
-        "--checkpoint-flush-seconds",
-        "0",  # each checkpoint reaches the disk at once
     ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "HESSVALLEY_CHECKPOINT_FLUSH_SECONDS": "0"}  # each checkpoint at once
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
     partial = store.partial_path(output)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -156,7 +157,7 @@ def test_resume_after_sigkill_is_exact(tmp_path, digits_store, digits_spec):
     assert 3 <= killed_at < 17, "the kill must land mid-run"
     assert not Path(output).exists(), "a killed run must not publish its store"
 
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
     got, want = arrays(output), arrays(reference)
     assert sorted(got) == sorted(want)
     for name in want:
@@ -171,7 +172,7 @@ def test_sigterm_writes_buffered_checkpoints_then_resume_is_exact(
     spec = run_spec(epochs=60, optimizer={"lr": 0.05, "momentum": 0.9, "batch_size": 4})
     reference = train(tmp_path, digits_store, spec, digits_spec, name="reference")
     output = str(tmp_path / "terminated.zarr")
-    command = [sys.executable, "-m", "hessvalley", "call", "hessvalley.train:train_run",
+    command = [sys.executable, "-m", "hessvalley", "run", "train",
                "--kwargs", _cli_kwargs(spec, digits_spec, digits_store, output),
                "--threads", "1"]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -14,9 +14,9 @@ from hessvalley.curvature import HessianOperator, exact_hessian, hutchpp_trace
 from hessvalley.curvature.trace import trace_budget
 from hessvalley.data import load_dataset
 from hessvalley.figures.curvature import curvature_figure
+from hessvalley.schedule import every_kth
 from hessvalley.train import open_trajectory, read_state, train_run, trainer_for
 from hessvalley.trajectory_curvature import (
-    chosen_checkpoints,
     eigen_along_trajectory,
     spectrum_along_trajectory,
     trace_along_trajectory,
@@ -61,10 +61,11 @@ def operator_at(trajectory: str, data: str, k: int, **kw) -> HessianOperator:
     return HessianOperator(trainer.model, trainer.loss_fn, dataset.x_train, dataset.y_train, **kw)
 
 
-def test_chosen_checkpoints_always_end_with_the_last():
-    assert chosen_checkpoints(5, 2).tolist() == [0, 2, 4]
-    assert chosen_checkpoints(6, 2).tolist() == [0, 2, 4, 5]
-    assert chosen_checkpoints(3, 10).tolist() == [0, 2]
+def test_every_kth_always_ends_with_the_last():
+    assert every_kth(5, 2) == [0, 2, 4]
+    assert every_kth(6, 2) == [0, 2, 4, 5]
+    assert every_kth(3, 10) == [0, 2]
+    assert every_kth(1, 3) == [0]
 
 
 @pytest.mark.parametrize("name", ["mlp", "bn"])

@@ -1,31 +1,38 @@
-"""Command line entry used by every rule: ``hessvalley call module:function --kwargs JSON``.
+"""The ``hessvalley`` command: run one stage (what every rule does), list the stages, check
+stores, print the claims table.
 
-Rules stay thin: they pass paths and a config subset as JSON keyword arguments to one
-function of the package. The log file receives everything the function prints (progress
-bars included); a failure's one-line reason is also written to the terminal so Snakemake's
-output names the problem without opening the log.
+``hessvalley run <stage> --kwargs JSON --io JSON`` calls the stage's function (see
+``hessvalley stages``) with the JSON objects as keyword arguments: ``kwargs`` are config
+values, ``io`` are paths. Execution-only settings that change how a job runs but not what it
+computes come from the environment, so changing them re-runs nothing: the compute device
+(``HESSVALLEY_DEVICE``, default cpu) and the checkpoint flush interval
+(``HESSVALLEY_CHECKPOINT_FLUSH_SECONDS``); each is passed only to stages that take it.
+
+With ``--log`` all output (progress bars included) goes to that file, and a failure's
+one-line reason is also written to the terminal, so Snakemake's output and a SLURM job's log
+name the problem without opening the log. Exit statuses: 0 done; 3 a failure a retry cannot
+fix (bad input, damaged store, divergence, store busy); 1 anything else (traceback in the
+log); 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import sys
 import traceback
 from typing import Any
 
+from hessvalley import stages
+from hessvalley.errors import EXIT_FAILED, EXIT_OK, EXIT_PERMANENT, HessvalleyError
 
-class HessvalleyError(RuntimeError):
-    """An error the user can act on (bad input, divergence): shown without a traceback."""
-
-
-def resolve(target: str) -> Any:
-    module_name, _, function_name = target.partition(":")
-    if not module_name.startswith("hessvalley") or not function_name:
-        raise SystemExit(f"target must look like hessvalley.module:function, got {target!r}")
-    return getattr(importlib.import_module(module_name), function_name)
+ENVIRONMENT_OPTIONS = {
+    "device": ("HESSVALLEY_DEVICE", str),
+    "checkpoint_flush_seconds": ("HESSVALLEY_CHECKPOINT_FLUSH_SECONDS", float),
+}
 
 
 def _redirect_to_log(log_path: str) -> int:
@@ -43,65 +50,94 @@ def _redirect_to_log(log_path: str) -> int:
     return terminal
 
 
-def call(
-    target: str,
-    kwargs: dict[str, Any],
-    threads: int | None = None,
-    device: str | None = None,
-    checkpoint_flush_seconds: float | None = None,
-) -> Any:
+def set_threads(threads: int | None) -> None:
+    """torch intra-op threads; torch reads OMP_NUM_THREADS when (and if) a stage imports it,
+    so figure stages never pay for the import."""
     if threads:
-        # torch reads this when (and if) the stage imports it; figure rules never pay for it.
         os.environ["OMP_NUM_THREADS"] = str(threads)
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
-    if device is not None:
-        kwargs = {**kwargs, "device": device}
-    if checkpoint_flush_seconds is not None:
-        kwargs = {**kwargs, "checkpoint_flush_seconds": checkpoint_flush_seconds}
-    return resolve(target)(**kwargs)
+    # Deterministic cuBLAS (needed by torch.use_deterministic_algorithms on CUDA) must be
+    # configured before CUDA starts; it does nothing on CPU.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hessvalley", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_call = sub.add_parser("call", help="run one stage function with JSON keyword arguments")
-    p_call.add_argument("target", help="hessvalley.module:function")
-    p_call.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
-    p_call.add_argument("--io", default="{}", help="JSON object of path keyword arguments")
-    p_call.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    p_call.add_argument("--log", default=None, help="append all output to this file")
-    p_call.add_argument("--device", default=None, help="cpu, cuda or auto (passed as device=)")
-    p_call.add_argument(
-        "--checkpoint-flush-seconds",
-        type=float,
-        default=None,
-        help="seconds between checkpoint writes (passed as checkpoint_flush_seconds=)",
-    )
-    args = parser.parse_args(argv)
+def run_stage(stage: str, kwargs: dict[str, Any], threads: int | None = None) -> Any:
+    """Call ``stage``'s function with ``kwargs`` plus the execution settings it accepts."""
+    stages.check_stage(stage)
+    set_threads(threads)
+    module, function = stages.target(stage)
+    func = getattr(importlib.import_module(module), function)
+    accepted = inspect.signature(func).parameters
+    for name, (variable, convert) in ENVIRONMENT_OPTIONS.items():
+        if name in accepted and name not in kwargs and os.environ.get(variable):
+            kwargs = {**kwargs, name: convert(os.environ[variable])}
+    return func(**kwargs)
 
+
+def _print_stages() -> int:
+    width = max(map(len, stages.STAGES))
+    for name in sorted(stages.STAGES):
+        function = stages.STAGES[name]
+        print(f"{name:<{width}}  {function}\n{'':<{width}}  {stages.summary(name)}")
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
     terminal = _redirect_to_log(args.log) if args.log else None
-    try:
-        call(
-            args.target,
-            {**json.loads(args.kwargs), **json.loads(args.io)},
-            args.threads,
-            args.device,
-            args.checkpoint_flush_seconds,
-        )
-    except HessvalleyError as err:
-        message = f"hessvalley: {err}\n"
-        sys.stderr.write(message)
+
+    def tell(text: str) -> None:
+        sys.stderr.write(text)
         if terminal is not None:
-            os.write(terminal, message.encode())
-        return 1
+            os.write(terminal, text.encode())
+
+    try:
+        run_stage(args.stage, {**json.loads(args.kwargs), **json.loads(args.io)}, args.threads)
+    except (HessvalleyError, stages.UnknownStageError) as err:
+        tell(f"hessvalley {args.stage}: {err}\n")
+        return EXIT_PERMANENT
     except Exception:
         text = traceback.format_exc()
         sys.stderr.write(text)
         if terminal is not None:
-            os.write(terminal, text.splitlines()[-1].encode() + b"\n")
-        return 1
-    return 0
+            os.write(terminal, f"hessvalley {args.stage}: {text.splitlines()[-1]}\n".encode())
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hessvalley", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="run one stage with JSON keyword arguments")
+    p_run.add_argument("stage", help="a stage name (hessvalley stages lists them)")
+    p_run.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
+    p_run.add_argument("--io", default="{}", help="JSON object of path keyword arguments")
+    p_run.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p_run.add_argument("--log", default=None, help="append all output to this file")
+    sub.add_parser("stages", help="list every stage, its function and what it does")
+    p_verify = sub.add_parser(
+        "verify", help="check stores (folders are searched); exit 1 if any is damaged"
+    )
+    p_verify.add_argument("paths", nargs="+", help="stores, or folders holding stores")
+    p_claims = sub.add_parser("claims", help="print the claims table of a run")
+    p_claims.add_argument(
+        "path", nargs="?", default="results", help="results folder or claims.csv (results)"
+    )
+    args = parser.parse_args(argv)
+
+    if args.command == "run":
+        return _run(args)
+    if args.command == "stages":
+        return _print_stages()
+    if args.command == "verify":
+        from hessvalley.verify import verify_main
+
+        return verify_main(args.paths)
+    from hessvalley.claims import claims_main
+
+    return claims_main(args.path)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ Kept free of torch so parsing the workflow stays fast.
 from __future__ import annotations
 
 import copy
-import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -17,11 +16,15 @@ from typing import Any
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+from hessvalley import projection_plan
+from hessvalley.schedule import (
+    TORCHVISION_SOURCES,
+    run_train_size,
+    steps_per_epoch,
+    train_size,
+)
 
-TORCHVISION_SOURCES = {"mnist": 60000, "cifar10": 50000, "cifar100": 50000}
-TORCHVISION_VAL_SIZES = {"mnist": 10000, "cifar10": 10000, "cifar100": 10000}
-DIGITS_SIZE = 1797
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 # Keyword arguments each model factory accepts besides input shape and class count.
 # tests/test_models.py checks this table against the factories' signatures.
@@ -99,30 +102,6 @@ def validate_config(
         lines = "\n".join(f"  - {m}" for m in messages)
         raise ConfigError(f"invalid configuration ({len(messages)} problem(s)):\n{lines}")
     return config
-
-
-def train_size(dataset: Mapping[str, Any]) -> int | None:
-    """Number of training samples the dataset rule will store (None if only known later)."""
-    source = dataset["source"]
-    if source == "gaussian_clusters":
-        full = dataset["n_train"]
-    elif source == "digits":
-        full = DIGITS_SIZE - math.ceil(DIGITS_SIZE * dataset["val_fraction"])  # as sklearn
-    elif source in TORCHVISION_SOURCES:
-        full = TORCHVISION_SOURCES[source]
-    else:
-        full = None
-    if dataset.get("n_train") is not None and source != "gaussian_clusters":
-        full = dataset["n_train"] if full is None else min(full, dataset["n_train"])
-    return full
-
-
-def run_train_size(config: Mapping[str, Any], run: Mapping[str, Any]) -> int | None:
-    dataset = config["datasets"][run["dataset"]]
-    if run["train_on"] == "A":
-        split = dataset["randomized_labels"]
-        return None if split is None else split["split_a"]
-    return train_size(dataset)
 
 
 @check
@@ -222,13 +201,6 @@ def _runs(config: dict[str, Any]) -> Iterator[str]:
                     yield f"{key}.seeds: init_from run {parent!r} lacks some of these seeds"
 
 
-def steps_per_epoch(n_train: int, batch_size: int | str) -> int:
-    """Mini-batches per epoch: the last incomplete batch is dropped; full batch is one step."""
-    if batch_size == "full":
-        return 1
-    return max(n_train // int(batch_size), 1)
-
-
 @check
 def _toy(config: dict[str, Any]) -> Iterator[str]:
     fig7 = config.get("toy", {}).get("fig7")
@@ -241,8 +213,6 @@ def _toy(config: dict[str, Any]) -> Iterator[str]:
 
 @check
 def _projection(config: dict[str, Any]) -> Iterator[str]:
-    from hessvalley import projection_plan  # it imports this module
-
     if "projection" in config:
         yield from projection_plan.problems(config)
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from hessvalley import store
-from hessvalley.cli import HessvalleyError
 from hessvalley.device import resolve_device
+from hessvalley.errors import HessvalleyError
 
 SPLIT_A, SPLIT_B = 0, 1
 GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601 luma, as PIL "L"

@@ -12,7 +12,7 @@ import numpy as np
 import zarr
 
 from hessvalley import store
-from hessvalley.cli import HessvalleyError
+from hessvalley.errors import HessvalleyError
 
 # Projection outcome codes (array ``status``).
 CONVERGED, STEP_CAP, DIVERGED = 0, 1, 2

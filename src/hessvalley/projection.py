@@ -42,9 +42,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from hessvalley import store
-from hessvalley.cli import HessvalleyError
 from hessvalley.data import DeviceDataset, load_dataset
 from hessvalley.device import resolve_device
+from hessvalley.errors import HessvalleyError
 from hessvalley.losses import LossFn
 from hessvalley.models import has_batch_norm
 from hessvalley.path_store import (

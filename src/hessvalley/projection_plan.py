@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from hessvalley.config import run_train_size, steps_per_epoch
+from hessvalley.schedule import every_kth, run_checkpoint_steps
 
 # Keys of the ``projection`` section a run may override in ``projection.runs.<setting>``.
 RUN_KEYS = (
@@ -38,31 +38,10 @@ def projection_settings(config: Mapping[str, Any], setting: str) -> dict[str, An
     return {key: overrides.get(key, section[key]) for key in RUN_KEYS}
 
 
-def checkpoint_schedule(config: Mapping[str, Any], setting: str) -> list[int] | None:
-    """Steps of the run's checkpoints (as hessvalley.train.checkpoint_steps), or None when
-    the config does not determine them (early stop, training-set size unknown)."""
-    run = config["runs"][setting]
-    if run.get("stop_below_loss") is not None:
-        return None
-    size = run_train_size(config, run)
-    if size is None:
-        return None
-    per_epoch = steps_per_epoch(size, run["optimizer"]["batch_size"])
-    total = run["epochs"] * per_epoch
-    every = run.get("checkpoint_every") or per_epoch
-    steps = list(range(0, total + 1, every))
-    if steps[-1] != total:
-        steps.append(total)
-    return steps
-
-
 def projection_grid(n_checkpoints: int, stride: int) -> list[int]:
     """Indices of the checkpoints that are projected (every ``stride``-th, and the last);
     bisection fills in between them."""
-    grid = list(range(0, n_checkpoints, stride))
-    if grid[-1] != n_checkpoints - 1:
-        grid.append(n_checkpoints - 1)
-    return grid
+    return every_kth(n_checkpoints, stride)
 
 
 def segment_grid(n_checkpoints: int, stride: int, per_segment: int, segment: int) -> list[int]:
@@ -81,7 +60,7 @@ def segment_grid(n_checkpoints: int, stride: int, per_segment: int, segment: int
 def n_segments(config: Mapping[str, Any], setting: str) -> int:
     """Segment jobs of a projected run: consecutive groups of ``intervals_per_segment``
     grid intervals (the last group may be shorter)."""
-    steps = checkpoint_schedule(config, setting)
+    steps = run_checkpoint_steps(config, setting)
     if steps is None:
         raise ValueError(f"run {setting!r} has no checkpoint schedule known from the config")
     settings = projection_settings(config, setting)
@@ -106,7 +85,7 @@ def problems(config: Mapping[str, Any]) -> Iterator[str]:
                 "checkpoints, and of segment jobs, is unknown before training; project a "
                 "run with a fixed length"
             )
-        elif checkpoint_schedule(config, setting) is None:
+        elif run_checkpoint_steps(config, setting) is None:
             yield (
                 f"{key}: the training-set size of run {setting!r} is unknown before the "
                 f"dataset is built; set datasets.{run['dataset']}.n_train"

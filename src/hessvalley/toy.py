@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hessvalley.cli import HessvalleyError
+from hessvalley.errors import HessvalleyError
 from hessvalley.progress import progress
 from hessvalley.store import provenance, write_store
 

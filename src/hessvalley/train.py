@@ -26,14 +26,14 @@ import torch
 import zarr
 
 from hessvalley import store
-from hessvalley.cli import HessvalleyError
-from hessvalley.config import steps_per_epoch
 from hessvalley.data import DeviceDataset, load_dataset
 from hessvalley.device import resolve_device
+from hessvalley.errors import HessvalleyError
 from hessvalley.flat import buffer_layout, flatten, param_layout, unflatten_into
 from hessvalley.losses import build_loss
 from hessvalley.models import build_model
 from hessvalley.progress import progress
+from hessvalley.schedule import checkpoint_steps, steps_per_epoch
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 DEFAULT_FLUSH_SECONDS = 30.0
@@ -197,14 +197,6 @@ class Trainer:
             out[f"{split}_acc"] = (correct.double() / max(n, 1)).item()
         self.model.train(was_training)
         return out
-
-
-def checkpoint_steps(total_steps: int, every: int) -> list[int]:
-    """Steps at which checkpoints are taken: 0, every, 2*every, ..., and the last step."""
-    steps = list(range(0, total_steps + 1, every))
-    if steps[-1] != total_steps:
-        steps.append(total_steps)
-    return steps
 
 
 def read_state(trajectory: zarr.Group, k: int) -> TrainState:

@@ -30,17 +30,10 @@ from hessvalley.curvature.trace import trace_budget
 from hessvalley.data import load_dataset
 from hessvalley.device import resolve_device
 from hessvalley.progress import progress
+from hessvalley.schedule import every_kth
 from hessvalley.train import open_trajectory, read_state, trainer_for
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def chosen_checkpoints(n_checkpoints: int, every: int) -> np.ndarray:
-    """Every ``every``-th checkpoint, always including the last one."""
-    chosen = list(range(0, n_checkpoints, every))
-    if chosen[-1] != n_checkpoints - 1:
-        chosen.append(n_checkpoints - 1)
-    return np.asarray(chosen)
 
 
 class CheckpointHessians:
@@ -114,7 +107,7 @@ def trace_along_trajectory(
     """Hutch++ (or Hutchinson) trace with standard error and samples at each chosen checkpoint."""
     hessians = CheckpointHessians(trajectory, data, curvature, device)
     spec = curvature["trace"]
-    chosen = chosen_checkpoints(hessians.n_checkpoints, curvature["every"])
+    chosen = np.asarray(every_kth(hessians.n_checkpoints, curvature["every"]))
     estimator = hutchpp_trace if spec["method"] == "hutchpp" else hutchinson_trace
     budget = trace_budget(spec["method"], int(spec["matvecs"]), hessians.n_params)
     estimates, stderrs, samples, matvecs = [], [], [], []
@@ -149,7 +142,7 @@ def eigen_along_trajectory(
     hessians = CheckpointHessians(trajectory, data, curvature, device)
     spec = curvature["eigen"]
     k = min(int(spec["k"]), hessians.n_params)
-    chosen = chosen_checkpoints(hessians.n_checkpoints, curvature["every"])
+    chosen = np.asarray(every_kth(hessians.n_checkpoints, curvature["every"]))
     rows: dict[str, list] = {name: [] for name in RITZ_FIELDS}
     for index in progress(chosen, desc=f"{setting} seed {seed} eigen", unit="checkpoint"):
         generator = torch.Generator().manual_seed(int(spec["seed"]))
@@ -203,7 +196,7 @@ def spectrum_along_trajectory(
     hessians = CheckpointHessians(trajectory, data, curvature, device)
     spec = curvature["spectrum"]
     exact = hessians.n_params <= int(spec["max_params"])
-    chosen = chosen_checkpoints(hessians.n_checkpoints, spec["every"])
+    chosen = np.asarray(every_kth(hessians.n_checkpoints, spec["every"]))
     results = []
     for k in progress(chosen, desc=f"{setting} seed {seed} spectrum", unit="checkpoint"):
         op = hessians.operator(int(k))

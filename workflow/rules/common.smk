@@ -8,9 +8,10 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+SRC = Path(workflow.basedir) / "src"
+sys.path.insert(0, str(SRC))
 
-from hessvalley import projection_plan
+from hessvalley import projection_plan, stages
 from hessvalley.config import ConfigError, validate_config
 
 try:
@@ -18,48 +19,52 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
-# Rule code refers to these through the environment, so the recorded rule code (a re-run
-# trigger) does not change with the interpreter's path, the compute device or how often
-# checkpoints are written: none of them changes a result.
+# Jobs run this checkout's code with this interpreter's packages (the `hessvalley` command
+# of this environment first on PATH), wherever Snakemake runs them (locally or in a SLURM
+# job, which inherits this environment). Execution-only settings reach the jobs through the
+# environment: they change how a job runs, not what it computes, so they are not part of a
+# rule's recorded code or params and changing them re-runs nothing.
 os.environ.update(
-    HESSVALLEY_PYTHON=sys.executable,
+    PATH=os.pathsep.join(
+        [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+    ),
+    PYTHONPATH=os.pathsep.join(
+        p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p
+    ),
     HESSVALLEY_DEVICE=config["device"],
     HESSVALLEY_CHECKPOINT_FLUSH_SECONDS=str(config["checkpoint_flush_seconds"]),
 )
-SRC = Path(workflow.basedir) / "src" / "hessvalley"
 DATA = "resources/data"
 RESULTS = "results"
 FIGURES = f"{RESULTS}/figures"
 
 
 wildcard_constraints:
-    dataset=r"[^/]+",
-    setting=r"[^/]+",
+    dataset=r"[A-Za-z][A-Za-z0-9_-]*",
+    setting=r"[A-Za-z][A-Za-z0-9_-]*",
     seed=r"\d+",
 
 
-def src(*modules):
-    """Source files a rule depends on (glob patterns allowed), so editing one re-runs
-    exactly the stale stages."""
-    return sorted(
-        {str(p) for m in ("store.py", "cli.py", *modules) for p in SRC.glob(m)}
-    )
+def stage_sources(stage):
+    """Source files of a stage (its module's import closure): editing one re-runs exactly
+    the stale stages, and a function moved between modules needs no rule edit."""
+    try:
+        return stages.stage_sources(stage)
+    except stages.UnknownStageError as err:
+        raise WorkflowError(str(err)) from None
 
 
-def hessvalley(target, device=False, checkpoints=False):
-    """Shell command running one package function.
+def hessvalley(stage):
+    """Shell command running one registered stage (`hessvalley stages` lists them).
 
     Keyword arguments come from two params: `kwargs` (config values; a change re-runs the
-    job) and `io` (paths, derived from input/output; Snakemake tracks those itself).
-    `device` and `checkpoints` pass the device and the checkpoint flush interval, which
-    change how a job runs but not what it computes.
+    job) and `io` (paths, derived from input/output; Snakemake tracks those itself). Every
+    value is quoted; the command runs as printed when pasted into a shell.
     """
-    flags = ' --device "$HESSVALLEY_DEVICE"' if device else ""
-    if checkpoints:
-        flags += ' --checkpoint-flush-seconds "$HESSVALLEY_CHECKPOINT_FLUSH_SECONDS"'
+    stage_sources(stage)  # an unknown stage fails here, when the workflow is parsed
     return (
-        f'"$HESSVALLEY_PYTHON" -m hessvalley call {target} --kwargs {{params.kwargs:q}}'
-        f" --io {{params.io:q}} --threads {{threads}} --log {{log}}{flags}"
+        f"hessvalley run {stage} --kwargs {{params.kwargs:q}} --io {{params.io:q}}"
+        " --threads {threads} --log {log:q}"
     )
 
 
@@ -223,5 +228,26 @@ def targets(function):
     return function
 
 
-def all_targets():
+def stage_targets():
     return [path for function in TARGETS for path in function()]
+
+
+def all_targets():
+    """Every stage's targets, then the claims table when some figure states a claim."""
+    claims = [f"{RESULTS}/claims.csv"] if claim_files() else []
+    return stage_targets() + claims
+
+
+def claim_files():
+    """results/figures/<id>.json of every targeted figure whose rule (named <id>) writes a
+    claim (an output named `json`)."""
+    figures = {
+        Path(path).stem
+        for path in stage_targets()
+        if path.startswith(f"{FIGURES}/") and path.endswith(".pdf")
+    }
+    return sorted(
+        str(rule.output.json)
+        for rule in workflow.rules
+        if rule.name in figures and "json" in rule.output.keys()
+    )

@@ -2,14 +2,12 @@
 and the figure results/figures/<setting>_curvature.pdf (trace, extreme eigenvalues, spectrum).
 """
 
-CURVATURE_SRC = src("trajectory_curvature.py", "curvature/*.py", "train.py", "data.py")
-
 
 rule curvature_trace:
     input:
         trajectory=lambda w: trajectory_path(w.setting, w.seed),
         data=lambda w: dataset_path(run_spec(w.setting)["dataset"]),
-        src=CURVATURE_SRC,
+        src=stage_sources("curvature_trace"),
     output:
         directory(f"{RESULTS}/{{setting}}/seed{{seed}}/curvature/trace.zarr"),
     log:
@@ -25,16 +23,14 @@ rule curvature_trace:
             {"trajectory": input.trajectory, "data": input.data, "output": output[0]}
         ),
     shell:
-        hessvalley(
-            "hessvalley.trajectory_curvature:trace_along_trajectory", device=True
-        )
+        hessvalley("curvature_trace")
 
 
 rule curvature_eigen:
     input:
         trajectory=lambda w: trajectory_path(w.setting, w.seed),
         data=lambda w: dataset_path(run_spec(w.setting)["dataset"]),
-        src=CURVATURE_SRC,
+        src=stage_sources("curvature_eigen"),
     output:
         directory(f"{RESULTS}/{{setting}}/seed{{seed}}/curvature/eigen.zarr"),
     log:
@@ -50,16 +46,14 @@ rule curvature_eigen:
             {"trajectory": input.trajectory, "data": input.data, "output": output[0]}
         ),
     shell:
-        hessvalley(
-            "hessvalley.trajectory_curvature:eigen_along_trajectory", device=True
-        )
+        hessvalley("curvature_eigen")
 
 
 rule curvature_spectrum:
     input:
         trajectory=lambda w: trajectory_path(w.setting, w.seed),
         data=lambda w: dataset_path(run_spec(w.setting)["dataset"]),
-        src=CURVATURE_SRC,
+        src=stage_sources("curvature_spectrum"),
     output:
         directory(f"{RESULTS}/{{setting}}/seed{{seed}}/curvature/spectrum.zarr"),
     log:
@@ -75,15 +69,13 @@ rule curvature_spectrum:
             {"trajectory": input.trajectory, "data": input.data, "output": output[0]}
         ),
     shell:
-        hessvalley(
-            "hessvalley.trajectory_curvature:spectrum_along_trajectory", device=True
-        )
+        hessvalley("curvature_spectrum")
 
 
 rule curvature_figure:
     input:
         unpack(curvature_figure_inputs),
-        src=src("figures/curvature.py", "figures/common.py"),
+        src=stage_sources("curvature_figure"),
     output:
         pdf=f"{FIGURES}/{{setting}}_curvature.pdf",
         png=report(
@@ -113,7 +105,7 @@ rule curvature_figure:
             }
         ),
     shell:
-        hessvalley("hessvalley.figures.curvature:curvature_figure")
+        hessvalley("curvature_figure")
 
 
 targets(curvature_targets)

@@ -3,7 +3,7 @@
 
 rule dataset:
     input:
-        src=src("data.py"),
+        src=stage_sources("dataset"),
     output:
         directory(f"{DATA}/{{dataset}}.zarr"),
     log:
@@ -17,4 +17,4 @@ rule dataset:
         ),
         io=lambda w, output: as_json({"output": output[0]}),
     shell:
-        hessvalley("hessvalley.data:build_dataset_store")
+        hessvalley("dataset")

@@ -4,7 +4,7 @@
 rule training_figure:
     input:
         trajectories=lambda w: trajectories(w.setting),
-        src=src("figures/training.py", "figures/common.py"),
+        src=stage_sources("training_figure"),
     output:
         pdf=f"{FIGURES}/{{setting}}_training.pdf",
         png=report(
@@ -32,7 +32,7 @@ rule training_figure:
             {"trajectories": list(input.trajectories), "output": output.pdf}
         ),
     shell:
-        hessvalley("hessvalley.figures.training:training_figure")
+        hessvalley("training_figure")
 
 
 targets(lambda: [f"{FIGURES}/{setting}_training.pdf" for setting in config["runs"]])

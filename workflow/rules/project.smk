@@ -16,14 +16,7 @@ rule projection_segment:
     input:
         trajectory=lambda w: trajectory_path(w.setting, w.seed),
         data=lambda w: dataset_path(run_spec(w.setting)["dataset"]),
-        src=src(
-            "projection.py",
-            "projection_plan.py",
-            "path_store.py",
-            "train.py",
-            "data.py",
-            "losses.py",
-        ),
+        src=stage_sources("projection_segment"),
     output:
         directory(
             f"{RESULTS}/{{setting}}/seed{{seed}}/projection/segment_{{segment}}.zarr"
@@ -51,13 +44,13 @@ rule projection_segment:
             {"trajectory": input.trajectory, "data": input.data, "output": output[0]}
         ),
     shell:
-        hessvalley("hessvalley.projection:project_segment", device=True)
+        hessvalley("projection_segment")
 
 
 rule projected_path:
     input:
         segments=lambda w: segment_paths(w.setting, w.seed),
-        src=src("path_store.py"),
+        src=stage_sources("projected_path"),
     output:
         directory(f"{RESULTS}/{{setting}}/seed{{seed}}/projected_path.zarr"),
     log:
@@ -73,7 +66,7 @@ rule projected_path:
             {"segments": list(input.segments), "output": output[0]}
         ),
     shell:
-        hessvalley("hessvalley.path_store:gather_path")
+        hessvalley("projected_path")
 
 
 rule projected_trace:
@@ -81,12 +74,7 @@ rule projected_trace:
         path=f"{RESULTS}/{{setting}}/seed{{seed}}/projected_path.zarr",
         trajectory=lambda w: trajectory_path(w.setting, w.seed),
         data=lambda w: dataset_path(run_spec(w.setting)["dataset"]),
-        src=src(
-            "projection.py",
-            "curvature/__init__.py",
-            "curvature/operator.py",
-            "curvature/trace.py",
-        ),
+        src=stage_sources("projected_trace"),
     output:
         directory(f"{RESULTS}/{{setting}}/seed{{seed}}/projected_trace.zarr"),
     log:
@@ -115,14 +103,14 @@ rule projected_trace:
             }
         ),
     shell:
-        hessvalley("hessvalley.projection:path_trace", device=True)
+        hessvalley("projected_trace")
 
 
 rule wei2020_fig1:
     input:
         paths=figure_paths("fig1", "path"),
         trajectories=figure_paths("fig1", "trajectory"),
-        src=src("figures/projection.py", "figures/common.py"),
+        src=stage_sources("wei2020_fig1"),
     output:
         pdf=f"{FIGURES}/wei2020_fig1.pdf",
         png=report(
@@ -145,13 +133,13 @@ rule wei2020_fig1:
             }
         ),
     shell:
-        hessvalley("hessvalley.figures.projection:fig1_figure")
+        hessvalley("wei2020_fig1")
 
 
 rule wei2020_fig3:
     input:
         traces=figure_paths("fig3", "trace"),
-        src=src("figures/projection.py", "figures/common.py"),
+        src=stage_sources("wei2020_fig3"),
     output:
         pdf=f"{FIGURES}/wei2020_fig3.pdf",
         png=report(
@@ -170,7 +158,7 @@ rule wei2020_fig3:
             {"traces": list(input.traces), "output": output.pdf}
         ),
     shell:
-        hessvalley("hessvalley.figures.projection:fig3_figure")
+        hessvalley("wei2020_fig3")
 
 
 rule wei2020_fig4:
@@ -178,7 +166,7 @@ rule wei2020_fig4:
         paths=figure_paths("fig4", "path"),
         trajectories=figure_paths("fig4", "trajectory"),
         traces=figure_paths("fig4", "trace"),
-        src=src("figures/projection.py", "figures/common.py"),
+        src=stage_sources("wei2020_fig4"),
     output:
         pdf=f"{FIGURES}/wei2020_fig4.pdf",
         png=report(
@@ -202,7 +190,7 @@ rule wei2020_fig4:
             }
         ),
     shell:
-        hessvalley("hessvalley.figures.projection:fig4_figure")
+        hessvalley("wei2020_fig4")
 
 
 targets(projection_targets)

@@ -5,7 +5,7 @@ TOY = f"{RESULTS}/toy"
 
 rule toy_fig2b:
     input:
-        src=src("toy.py", "progress.py"),
+        src=stage_sources("toy_fig2b"),
     output:
         directory(f"{TOY}/wei2020_fig2b.zarr"),
     log:
@@ -17,12 +17,12 @@ rule toy_fig2b:
         kwargs=lambda w: as_json({"spec": config["toy"]["fig2b"]}),
         io=lambda w, input, output: as_json({"output": output[0]}),
     shell:
-        hessvalley("hessvalley.toy:trace_vs_eta")
+        hessvalley("toy_fig2b")
 
 
 rule toy_fig2cd:
     input:
-        src=src("toy.py", "progress.py"),
+        src=stage_sources("toy_fig2cd"),
     output:
         directory(f"{TOY}/wei2020_fig2cd.zarr"),
     log:
@@ -34,12 +34,12 @@ rule toy_fig2cd:
         kwargs=lambda w: as_json({"spec": config["toy"]["fig2cd"]}),
         io=lambda w, input, output: as_json({"output": output[0]}),
     shell:
-        hessvalley("hessvalley.toy:noise_structure")
+        hessvalley("toy_fig2cd")
 
 
 rule toy_fig7:
     input:
-        src=src("toy.py", "progress.py"),
+        src=stage_sources("toy_fig7"),
     output:
         directory(f"{TOY}/wei2020_fig7.zarr"),
     log:
@@ -51,13 +51,13 @@ rule toy_fig7:
         kwargs=lambda w: as_json({"spec": config["toy"]["fig7"]}),
         io=lambda w, input, output: as_json({"output": output[0]}),
     shell:
-        hessvalley("hessvalley.toy:entropic_force")
+        hessvalley("toy_fig7")
 
 
-rule toy_fig2b_figure:
+rule wei2020_fig2b:
     input:
         store=rules.toy_fig2b.output[0],
-        src=src("figures/toy.py", "figures/common.py"),
+        src=stage_sources("wei2020_fig2b"),
     output:
         pdf=f"{FIGURES}/wei2020_fig2b.pdf",
         png=report(
@@ -78,13 +78,13 @@ rule toy_fig2b_figure:
             {"store_path": input.store, "output": output.pdf}
         ),
     shell:
-        hessvalley("hessvalley.figures.toy:fig2b_figure")
+        hessvalley("wei2020_fig2b")
 
 
-rule toy_fig2cd_figure:
+rule wei2020_fig2cd:
     input:
         store=rules.toy_fig2cd.output[0],
-        src=src("figures/toy.py", "figures/common.py"),
+        src=stage_sources("wei2020_fig2cd"),
     output:
         pdf=f"{FIGURES}/wei2020_fig2cd.pdf",
         png=report(
@@ -105,13 +105,13 @@ rule toy_fig2cd_figure:
             {"store_path": input.store, "output": output.pdf}
         ),
     shell:
-        hessvalley("hessvalley.figures.toy:fig2cd_figure")
+        hessvalley("wei2020_fig2cd")
 
 
-rule toy_fig7_figure:
+rule wei2020_fig7:
     input:
         store=rules.toy_fig7.output[0],
-        src=src("figures/toy.py", "figures/common.py"),
+        src=stage_sources("wei2020_fig7"),
     output:
         pdf=f"{FIGURES}/wei2020_fig7.pdf",
         png=report(
@@ -132,7 +132,7 @@ rule toy_fig7_figure:
             {"store_path": input.store, "output": output.pdf}
         ),
     shell:
-        hessvalley("hessvalley.figures.toy:fig7_figure")
+        hessvalley("wei2020_fig7")
 
 
 targets(

@@ -5,9 +5,7 @@ rule train:
     input:
         data=lambda w: dataset_path(run_spec(w.setting)["dataset"]),
         init=init_trajectory,
-        src=src(
-            "train.py", "data.py", "losses.py", "flat.py", "config.py", "models/*.py"
-        ),
+        src=stage_sources("train"),
     output:
         directory(f"{RESULTS}/{{setting}}/seed{{seed}}/trajectory.zarr"),
     log:
@@ -21,7 +19,7 @@ rule train:
         kwargs=train_kwargs,
         io=train_io,
     shell:
-        hessvalley("hessvalley.train:train_run", device=True, checkpoints=True)
+        hessvalley("train")
 
 
 targets(lambda: [path for setting in config["runs"] for path in trajectories(setting)])

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hessvalley.cli import HessvalleyError
 from hessvalley.curvature.operator import LinearOperator
+from hessvalley.errors import HessvalleyError
 
 DEFAULT_MAX_PARAMS = 10_000  # a 10k x 10k float64 matrix is 0.8 GB; eigh of it takes minutes
 

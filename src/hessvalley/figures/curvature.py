@@ -57,6 +57,7 @@ def curvature_figure(
     output: str,
     figures: Mapping[str, Any],
 ) -> None:
+    """Curvature along training of one run setting: trace, extreme eigenvalues, spectrum."""
     band = figures.get("band", "std")
     n_panels = 4 if spectra else 2
     fig, axes = new_figure(1, n_panels, figsize=(4.5 * n_panels, 4.0), layout="constrained")

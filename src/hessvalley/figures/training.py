@@ -26,6 +26,7 @@ def load_curves(trajectories: Sequence[str]) -> dict[str, np.ndarray]:
 def training_figure(
     trajectories: Sequence[str], setting: str, output: str, figures: Mapping[str, Any]
 ) -> None:
+    """Training curves of one run setting: loss and accuracy vs epoch, mean ± band over seeds."""
     curves = load_curves(trajectories)
     band = figures.get("band", "std")
     n_seeds = len(trajectories)

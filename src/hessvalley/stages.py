@@ -1,0 +1,164 @@
+"""The stage registry: stable stage names, the function each runs, and the source it depends on.
+
+Every rule runs ``hessvalley run <stage>``, so a rule's recorded code (one of Snakemake's
+re-run triggers) names the stage, not where its function lives: moving a function between
+modules edits this table, not the rules. A rule's source inputs are the files of its stage's
+import closure, derived from the import statements (``import_closure``), so they follow a
+move or a split by themselves and never miss a module a stage uses.
+
+Torch-free and import-free: the workflow reads it while it parses (names are checked there,
+so a typo fails before any job runs), and the files are read with ``ast``, never imported.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from pathlib import Path
+
+PACKAGE = "hessvalley"
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+# stage name -> "module:function". Names are stable: rules, logs and users refer to them.
+STAGES: dict[str, str] = {
+    "dataset": "hessvalley.data:build_dataset_store",
+    "train": "hessvalley.train:train_run",
+    "training_figure": "hessvalley.figures.training:training_figure",
+    "curvature_trace": "hessvalley.trajectory_curvature:trace_along_trajectory",
+    "curvature_eigen": "hessvalley.trajectory_curvature:eigen_along_trajectory",
+    "curvature_spectrum": "hessvalley.trajectory_curvature:spectrum_along_trajectory",
+    "curvature_figure": "hessvalley.figures.curvature:curvature_figure",
+    "projection_segment": "hessvalley.projection:project_segment",
+    "projected_path": "hessvalley.path_store:gather_path",
+    "projected_trace": "hessvalley.projection:path_trace",
+    "wei2020_fig1": "hessvalley.figures.projection:fig1_figure",
+    "wei2020_fig3": "hessvalley.figures.projection:fig3_figure",
+    "wei2020_fig4": "hessvalley.figures.projection:fig4_figure",
+    "toy_fig2b": "hessvalley.toy:trace_vs_eta",
+    "toy_fig2cd": "hessvalley.toy:noise_structure",
+    "toy_fig7": "hessvalley.toy:entropic_force",
+    "wei2020_fig2b": "hessvalley.figures.toy:fig2b_figure",
+    "wei2020_fig2cd": "hessvalley.figures.toy:fig2cd_figure",
+    "wei2020_fig7": "hessvalley.figures.toy:fig7_figure",
+    "claims": "hessvalley.claims:gather_claims",
+}
+
+
+class UnknownStageError(KeyError):
+    """A stage name that is not registered, or whose function does not exist."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def target(stage: str) -> tuple[str, str]:
+    """(module, function) of ``stage``."""
+    if stage not in STAGES:
+        known = ", ".join(sorted(STAGES))
+        raise UnknownStageError(f"unknown stage {stage!r}; registered stages: {known}")
+    module, _, function = STAGES[stage].partition(":")
+    return module, function
+
+
+def module_file(module: str) -> Path | None:
+    """The source file of package module ``module`` (None if it is not one)."""
+    parts = module.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    base = PACKAGE_ROOT.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@functools.cache
+def _parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _package_of(module: str, path: Path) -> str:
+    return module if path.name == "__init__.py" else module.rpartition(".")[0]
+
+
+def imported_modules(module: str) -> set[str]:
+    """Package modules that ``module``'s import statements (anywhere in the file, function
+    level included) name, directly or as ``from package import submodule``."""
+    path = module_file(module)
+    if path is None:
+        return set()
+    found = set()
+    for node in ast.walk(_parse(path)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = _package_of(module, path).split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {name for name in found if module_file(name) is not None}
+
+
+def _with_parents(module: str) -> list[str]:
+    """``a.b.c`` -> ``a``, ``a.b``, ``a.b.c``: importing a module runs its packages' inits."""
+    parts = module.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def import_closure(module: str) -> list[Path]:
+    """Source files executed when ``module`` is imported (package inits included), sorted."""
+    seen: set[str] = set()
+    todo = _with_parents(module)
+    while todo:
+        name = todo.pop()
+        if name in seen or module_file(name) is None:
+            continue
+        seen.add(name)
+        for imported in imported_modules(name):
+            todo.extend(_with_parents(imported))
+    return sorted(module_file(name) for name in seen)
+
+
+def _top_level_names(path: Path) -> dict[str, ast.AST]:
+    names: dict[str, ast.AST] = {}
+    for node in _parse(path).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names[node.name] = node
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                names[alias.asname or alias.name.split(".")[0]] = node
+        elif isinstance(node, ast.Assign):
+            for target_node in node.targets:
+                if isinstance(target_node, ast.Name):
+                    names[target_node.id] = node
+    return names
+
+
+def check_stage(stage: str) -> None:
+    """Raise ``UnknownStageError`` unless ``stage`` is registered and its module defines (or
+    imports) its function: typos fail when the workflow is parsed, not when a job runs."""
+    module, function = target(stage)
+    path = module_file(module)
+    if path is None:
+        raise UnknownStageError(f"stage {stage!r}: module {module} not found in {PACKAGE_ROOT}")
+    if function not in _top_level_names(path):
+        raise UnknownStageError(f"stage {stage!r}: {module} has no function {function!r}")
+
+
+def stage_sources(stage: str) -> list[str]:
+    """The source files a stage's results depend on: its module's import closure."""
+    check_stage(stage)
+    return [str(path) for path in import_closure(target(stage)[0])]
+
+
+def summary(stage: str) -> str:
+    """First line of the stage function's docstring (read from the source, not imported)."""
+    module, function = target(stage)
+    node = _top_level_names(module_file(module)).get(function)
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        doc = ast.get_docstring(node) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+    return ""

@@ -1,0 +1,154 @@
+"""The stage registry and the package's layering: every rule runs a registered stage, every
+stage is used, source inputs cover what a stage imports, and imports run one way."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hessvalley import stages
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "src" / "hessvalley"
+LEAVES = ("hessvalley.errors", "hessvalley.schedule")  # import nothing of the package
+ENTRY_POINTS = ("hessvalley.cli", "hessvalley.__main__")  # the only importers of the CLI
+
+
+def package_modules() -> list[str]:
+    modules = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        modules.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return modules
+
+
+def rule_stages() -> dict[str, str]:
+    """rule name -> the stage its shell line runs, read from workflow/rules/*.smk."""
+    found = {}
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        for block in re.split(r"(?m)^rule ", smk.read_text())[1:]:
+            name = block.split(":", 1)[0].strip()
+            calls = re.findall(r'hessvalley\(\s*"([^"]+)"', block)
+            if calls:
+                found[name] = calls[0]
+    return found
+
+
+def test_every_rule_runs_a_registered_stage_and_every_stage_is_used():
+    used = rule_stages()
+    assert used, "no rule runs a stage"
+    unknown = {rule: stage for rule, stage in used.items() if stage not in stages.STAGES}
+    assert not unknown, f"rules run unregistered stages: {unknown}"
+    unused = set(stages.STAGES) - set(used.values())
+    assert not unused, f"registered stages no rule runs: {sorted(unused)}"
+
+
+@pytest.mark.parametrize("stage", sorted(stages.STAGES))
+def test_stage_function_exists_and_has_a_docstring(stage):
+    stages.check_stage(stage)
+    module, function = stages.target(stage)
+    func = getattr(importlib.import_module(module), function)
+    assert callable(func) and stages.summary(stage), f"{stage}: {module}:{function}"
+
+
+def test_unknown_stages_and_functions_fail_with_the_name(monkeypatch):
+    with pytest.raises(stages.UnknownStageError, match="unknown stage 'trian'"):
+        stages.check_stage("trian")
+    monkeypatch.setitem(stages.STAGES, "bad", "hessvalley.train:trian_run")
+    with pytest.raises(stages.UnknownStageError, match="has no function 'trian_run'"):
+        stages.stage_sources("bad")
+
+
+def test_stage_sources_cover_every_module_a_stage_imports():
+    """Import each stage's module in a fresh interpreter: every package module it loads is
+    among the stage's source inputs (the static closure may hold more: function-level
+    imports that run only inside the stage)."""
+    for stage in sorted(stages.STAGES):
+        module, _ = stages.target(stage)
+        code = (
+            f"import sys, {module}\n"
+            "print('\\n'.join(m.__file__ for n, m in sorted(sys.modules.items())"
+            " if n.split('.')[0] == 'hessvalley' and getattr(m, '__file__', None)))"
+        )
+        loaded = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split()
+        declared = set(stages.stage_sources(stage))
+        missing = sorted(set(map(str, map(Path, loaded))) - declared)
+        assert not missing, f"{stage}: imports {missing} but does not depend on them"
+
+
+def import_graph() -> dict[str, set[str]]:
+    return {m: stages.imported_modules(m) - {m} for m in package_modules()}
+
+
+def test_no_library_module_imports_the_cli():
+    offenders = {
+        module: sorted(imported & set(ENTRY_POINTS))
+        for module, imported in import_graph().items()
+        if module not in ENTRY_POINTS and imported & set(ENTRY_POINTS)
+    }
+    assert not offenders, f"library modules importing the CLI: {offenders}"
+
+
+def test_leaf_modules_import_nothing_of_the_package():
+    graph = import_graph()
+    for leaf in LEAVES:
+        assert graph[leaf] <= {"hessvalley"}, f"{leaf} imports {graph[leaf]}"
+
+
+def test_no_import_cycles():
+    """Any cycle, also one held together by a function-level import."""
+    graph = import_graph()
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, set())):
+            if state.get(nxt) == 1:
+                cycle = [*path[path.index(nxt) :], nxt]
+                pytest.fail(f"import cycle: {' -> '.join(cycle)}")
+            if nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])
+
+
+def _is_plotting(path: Path) -> bool:
+    return "figures" in path.parts
+
+
+def test_modules_and_functions_stay_small():
+    """No module over 400 lines, no non-plotting function over 80 (split by seam)."""
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        n_lines = text.count("\n")
+        if n_lines > 400:
+            too_long.append(f"{path.relative_to(PACKAGE)}: {n_lines} lines")
+        if _is_plotting(path):
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 80:
+                    too_long.append(f"{path.relative_to(PACKAGE)}:{node.name}: {length} lines")
+    assert not too_long, "split by seam: " + "; ".join(too_long)
+
+
+def test_stages_command_lists_every_stage():
+    listing = subprocess.run(
+        [sys.executable, "-m", "hessvalley", "stages"], capture_output=True, text=True, check=True
+    ).stdout
+    for stage, function in stages.STAGES.items():
+        assert re.search(rf"^{re.escape(stage)}\s+{re.escape(function)}$", listing, re.M)
+        assert stages.summary(stage) in listing
