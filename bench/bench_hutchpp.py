@@ -35,6 +35,7 @@ import time
 
 import torch
 from curvature_common import LOSS, digits, model, set_threads, steady_malloc, train
+from record import figure, write_result
 
 from hessvalley.curvature import (
     HessianOperator,
@@ -42,6 +43,8 @@ from hessvalley.curvature import (
     hutchinson_trace,
     hutchpp_trace,
 )
+
+MEASURES = "Hessian-vector products Hutchinson and Hutch++ need for the same standard error"
 
 
 def main() -> None:
@@ -145,6 +148,15 @@ def main() -> None:
         f"{needed['hutchinson'] / needed['hutch++']:.1f}x fewer (from the per-probe std); "
         f"target >= 3x; CPU time {cpu['hutchinson'] / cpu['hutch++']:.1f}x less"
     )
+    fewer = hvps["hutchinson"] / hvps["hutch++"]
+    figures = [
+        figure(
+            "HVPs Hutchinson / Hutch++ (adaptive stop)", round(fewer, 2), "x", ">= 3", fewer >= 3
+        ),
+        figure("RMS z-score, Hutchinson", round(rms(z_scores["hutchinson"]), 2)),
+        figure("RMS z-score, Hutch++", round(rms(z_scores["hutch++"]), 2)),
+    ]
+    write_result("bench_hutchpp", MEASURES, figures, vars(args))
 
 
 if __name__ == "__main__":

@@ -47,10 +47,12 @@ import warnings
 import torch
 from curvature_common import LOSS, digits, interleaved_medians, model, set_threads, steady_malloc
 from pyhessian import hessian
+from record import figure, write_result
 
 from hessvalley.curvature import HessianOperator, hutchinson_trace
 
 TARGET = 2.0
+MEASURES = "Hutchinson trace, ours vs PyHessian trace(): same model, data, probes (wall, medians)"
 
 
 def ours(net, x, y, probes: int, chunk_size: int) -> list[float]:
@@ -121,9 +123,13 @@ def main() -> None:
                 if clock == "wall":
                     summary.append((family, mode, theirs / mine))
     print(f"\nours vs PyHessian (wall), target >= {TARGET}x:")
+    figures = []
     for family, mode, speedup in summary:
         met = "met" if speedup >= TARGET else "MISSED"
         print(f"  {family} {mode:15s} {speedup:5.2f}x  {met}")
+        label = f"{family}, {mode}: PyHessian time / ours"
+        figures.append(figure(label, round(speedup, 3), "x", f">= {TARGET}", speedup >= TARGET))
+    write_result("bench_trace_pyhessian", MEASURES, figures, vars(args))
 
 
 if __name__ == "__main__":
