@@ -38,7 +38,8 @@ def _initial_state(loss: ValleyLoss, init: Sequence[float]) -> torch.Tensor:
 def trace_vs_eta(spec: Mapping[str, Any], output: str) -> dict[str, Any]:
     """W&S Fig 2b: trace change over ``measure_steps`` after ``equilibrate_steps``, per η.
 
-    Writes (eta, run) trace changes, recorded traces and eigenvalues, and Theorem 1's
+    Writes (eta, run) trace changes, recorded traces and eigenvalues, the eigenvalue
+    gradients ∇̂λ at the start of the measurement (Theorem 1's |Σ∇̂λ|²) and Theorem 1's
     prediction; attrs hold the weighted fit of <ΔT> against η².
     """
     started = time.perf_counter()
@@ -95,6 +96,10 @@ def trace_vs_eta(spec: Mapping[str, Any], output: str) -> dict[str, Any]:
             "trace_change_sem": (["eta"], sem),
             "predicted_trace_change": (["eta"], predicted),
             "predicted_trace_change_finite_eta": (["eta"], predicted_finite),
+            "eigenvalue_grads_at_start": (
+                ["eta", "run", "mode", "valley"],
+                loss.eigenvalue_grads(hat[:, start]).numpy(),
+            ),
         },
         attrs,
     )
