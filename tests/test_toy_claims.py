@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
+from types import SimpleNamespace
 
+import jinja2
 import matplotlib.text
 import pytest
 import torch
@@ -19,6 +22,7 @@ from hessvalley import claims, toy
 from hessvalley.config import validate_config
 from hessvalley.figures import toy as toy_figures
 
+REPO = Path(__file__).resolve().parents[1]
 FIGURES = {"dpi": 40, "band": "std"}
 PAPER_52 = re.compile(r"(?<![\d.])52(?![\d.])")
 PAPER_THETA2 = re.compile(r"[-−]0\.02(?!\d)")
@@ -178,6 +182,38 @@ def test_fig2cd_figure_writes_its_claim(tmp_path):
     assert claim.verdict.verdict == claims.HOLDS, claim.verdict.reason
     assert claim.numbers[0].value == summary["sgd_trace_change"]
     assert claim.numbers[0].name == "SGD-like noise: trace change over 600 steps"
+
+
+def render_caption(name: str, config: dict) -> str:
+    """A report caption as `snakemake --report` renders it (Jinja, then reStructuredText)."""
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    source = (REPO / "workflow" / "report" / f"{name}.rst").read_text()
+    text = env.from_string(source).render(snakemake=SimpleNamespace(config=config))
+    publish_parts(text, writer="html", settings_overrides={"halt_level": 2})  # warnings fail
+    return text
+
+
+def test_captions_state_the_configured_values():
+    config = validate_config(
+        {
+            "toy": {
+                "fig2b": {"etas": [0.003, 0.005], "noise_strength": 0.002, "measure_steps": 700},
+                "fig2cd": {"sgd_strength": {"batch_size": 20, "n_samples": 400}, "eta": 0.03},
+                "fig7": {"alpha": 3e-4, "eta": 0.02, "noise_strength": 0.25, "init": [0.2, 0.3]},
+            },
+            "figures": {"band": "sem"},
+        }
+    )
+    fig2b = render_caption("wei2020_fig2b", config)
+    assert "η = 0.003, 0.005" in fig2b and "s = 0.002" in fig2b
+    assert "over the next 700 steps" in fig2b and "wei2020_fig2b.json" in fig2b
+    fig2cd = render_caption("wei2020_fig2cd", config)
+    assert "S = 20, M = 400" in fig2cd and "η = 0.03" in fig2cd and "band (sem)" in fig2cd
+    fig7 = render_caption("wei2020_fig7", config)
+    assert "α = 0.0003, learning rate η = 0.02" in fig7 and "s = 0.25," in fig7
+    assert "= (0.2, 0.3)" in fig7 and "wei2020_fig7.json" in fig7
+    for caption in (fig2b, fig2cd, fig7):
+        assert not PAPER_52.search(caption) and not PAPER_THETA2.search(caption)
 
 
 def test_toy_claims_render_in_the_reports_claims_table(tmp_path):
