@@ -1,4 +1,4 @@
-"""Throughput of the toy-model noisy-GD simulator (hessvalley.toy.simulate).
+"""Throughput of the toy-model noisy-GD simulator (hessvalley.toy.simulator.simulate).
 
 For each toy loss, a batch of independent runs (conditions x runs, the shapes the default
 workflow uses) is advanced for --steps steps; repeats are interleaved over the losses so

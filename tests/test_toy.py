@@ -16,6 +16,7 @@ from scipy import stats
 
 from hessvalley import toy
 from hessvalley.config import ConfigError, validate_config
+from hessvalley.errors import HessvalleyError
 
 F64 = torch.float64
 # torch.func's first use warns about torch.jit.script internally; nothing of ours
@@ -131,7 +132,7 @@ def test_seeding_reproduces_and_recording_does_not_change_the_path():
 
 def test_divergence_names_the_step():
     loss = toy.TiltedValley(0.0)
-    with pytest.raises(toy.HessvalleyError, match="diverged by step"):
+    with pytest.raises(HessvalleyError, match="diverged by step"):
         toy.simulate(
             loss,
             torch.tensor([1.0, 0.0]),

@@ -65,6 +65,7 @@ rule wei2020_fig2b:
             caption="../report/wei2020_fig2b.rst",
             category="Toy models",
         ),
+        json=f"{FIGURES}/wei2020_fig2b.json",
     log:
         "logs/figures/wei2020_fig2b.log",
     benchmark:
@@ -92,6 +93,7 @@ rule wei2020_fig2cd:
             caption="../report/wei2020_fig2cd.rst",
             category="Toy models",
         ),
+        json=f"{FIGURES}/wei2020_fig2cd.json",
     log:
         "logs/figures/wei2020_fig2cd.log",
     benchmark:
@@ -119,6 +121,7 @@ rule wei2020_fig7:
             caption="../report/wei2020_fig7.rst",
             category="Toy models",
         ),
+        json=f"{FIGURES}/wei2020_fig7.json",
     log:
         "logs/figures/wei2020_fig7.log",
     benchmark:
