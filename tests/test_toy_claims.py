@@ -140,6 +140,27 @@ def test_fig7_figure_and_claim_use_the_runs_constants(tmp_path, figure_texts):
     assert not [text for text in figure_texts if PAPER_THETA2.search(text)], figure_texts
 
 
+@pytest.mark.parametrize(
+    ("average_from", "mean", "verdict"),
+    [
+        (4800, -0.0395, claims.HOLDS),  # 3 relaxation times 2/(η²s) = 3 x 1600 steps in
+        (4800, -0.0300, claims.FAILS),
+        (4799, -0.0395, claims.UNTESTABLE),  # θ2 has not relaxed: the claim cannot be tested
+    ],
+)
+def test_fig7_claim_is_testable_only_after_relaxation(average_from, mean, verdict):
+    summary = {
+        "predicted_theta2": -0.04,
+        "noise_strength": 0.5,
+        "average_from": average_from,
+        "noisy_theta2_mean": mean,
+        "noisy_theta2_sem": 0.001,
+        "gd_theta2_velocity": -2.5e-5,
+    }
+    claim = toy_figures.fig7_claim(summary, {"alpha": 5e-4, "eta": 0.05})
+    assert claim.verdict.verdict == verdict, claim.verdict.reason
+
+
 def fig2cd_summary(trace: float, determinant: float, sem: float = 1.0) -> dict:
     return {
         "sgd_trace_change": trace,
