@@ -20,7 +20,7 @@ if not workflow.overwrite_configfiles:
 
 # The report opens with the claims table once the claims rule has written it.
 REPORT_TEXT = (
-    "workflow.rst" if Path("results/claims.csv").is_file() else "workflow_no_claims.rst"
+    "workflow.rst" if Path("results/claims.rst").is_file() else "workflow_no_claims.rst"
 )
 
 

@@ -235,22 +235,3 @@ def test_captions_state_the_configured_values():
     assert "= (0.2, 0.3)" in fig7 and "wei2020_fig7.json" in fig7
     for caption in (fig2b, fig2cd, fig7):
         assert not PAPER_52.search(caption) and not PAPER_THETA2.search(caption)
-
-
-def test_toy_claims_render_in_the_reports_claims_table(tmp_path):
-    """The report shows results/claims.csv as an RST csv-table, whose cells are parsed as
-    RST: the toy claims' texts must hold no markup (e.g. |x| is a substitution reference)."""
-    fig2b = {"fit_slope": -13.0, "fit_slope_se": 0.1, "predicted_slope": -13.0}
-    fig2b |= {"measure_steps": 1000, "fit_dof": 7, "fit_chi2": 7.0, "noise_strength": 1e-3}
-    fig7 = {"predicted_theta2": -0.02, "noise_strength": 1.0, "noisy_theta2_mean": -0.0199}
-    fig7 |= {"noisy_theta2_sem": 1e-4, "average_from": 100, "gd_theta2_velocity": -1e-6}
-    built = [
-        toy_figures.fig2b_claim(fig2b, 52.0),
-        toy_figures.fig2cd_claim(fig2cd_summary(-5.0, -5.0), 1000),
-        toy_figures.fig7_claim(fig7, {"alpha": 1e-4, "eta": 0.01}),
-    ]
-    paths = [str(claims.write_claim(tmp_path / f"{c.id}.pdf", c)) for c in built]
-    claims.gather_claims(paths, str(tmp_path / "claims.csv"))
-    table = f".. csv-table:: claims\n   :file: {tmp_path / 'claims.csv'}\n   :header-rows: 1\n"
-    body = publish_parts(table, writer="html", settings_overrides={"halt_level": 2})["body"]
-    assert body.count("<tr") == 4 and "problematic" not in body

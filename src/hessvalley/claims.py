@@ -13,9 +13,11 @@ Torch-free: figure stages import it without paying for torch.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -167,10 +169,7 @@ def claim_path(figure: str | os.PathLike) -> Path:
 def write_claim(figure: str | os.PathLike, claim: Claim) -> Path:
     """Write ``claim`` beside the figure (atomically: a reader never sees half a file)."""
     path = claim_path(figure)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(claim.to_json(), indent=2, sort_keys=True, allow_nan=False))
-    os.replace(tmp, path)
+    _write_atomically(path, json.dumps(claim.to_json(), indent=2, sort_keys=True, allow_nan=False))
     return path
 
 
@@ -178,17 +177,45 @@ def read_claim(path: str | os.PathLike) -> Claim:
     return Claim.from_json(json.loads(Path(path).read_text()))
 
 
-def gather_claims(claims: Sequence[str], output: str) -> None:
-    """The ``claims`` stage: every figure's claim as one row of ``results/claims.csv``."""
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def rst_escape(text: str) -> str:
+    """Text as literal reStructuredText (``|``, ``*``, backticks, ``_`` are markup there)."""
+    return re.sub(r"([\\`*_|\[\]])", r"\\\1", text)
+
+
+def rst_table(rows: Sequence[Mapping[str, str]]) -> str:
+    """The claims as an RST list-table (every cell escaped), for the HTML report."""
+    lines = [
+        ".. list-table:: Claims checked from the data (``results/claims.csv``)",
+        "   :header-rows: 1",
+        "",
+        *(
+            f"   {'*' if i == 0 else ' '} - {rst_escape(column)}"
+            for i, column in enumerate(CSV_COLUMNS)
+        ),
+    ]
+    for row in rows:
+        for i, column in enumerate(CSV_COLUMNS):
+            lines.append(f"   {'*' if i == 0 else ' '} - {rst_escape(row[column])}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def gather_claims(claims: Sequence[str], output: str, table: str) -> None:
+    """The ``claims`` stage: every figure's claim as one row of ``results/claims.csv``, and
+    the same table as reStructuredText (``table``) for the report."""
     rows = [read_claim(path).row() for path in sorted(claims)]
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, out)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomically(Path(output), text.getvalue())
+    _write_atomically(Path(table), rst_table(rows))
     counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
     print(f"{len(rows)} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
 

@@ -7,11 +7,12 @@ rule claims:
         claims=lambda w: claim_files(),
         src=stage_sources("claims"),
     output:
-        report(
+        csv=report(
             f"{RESULTS}/claims.csv",
             caption="../report/claims.rst",
             category="0 Claims",
         ),
+        table=f"{RESULTS}/claims.rst",
     log:
         "logs/claims.log",
     benchmark:
@@ -20,7 +21,7 @@ rule claims:
     params:
         kwargs=lambda w: as_json({}),
         io=lambda w, input, output: as_json(
-            {"claims": list(input.claims), "output": output[0]}
+            {"claims": list(input.claims), "output": output.csv, "table": output.table}
         ),
     shell:
         hessvalley("claims")
