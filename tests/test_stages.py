@@ -16,7 +16,7 @@ from hessvalley import stages
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "hessvalley"
-LEAVES = ("hessvalley.errors", "hessvalley.schedule")  # import nothing of the package
+LEAVES = ("hessvalley.errors", "hessvalley.schedule", "hessvalley.hessian_keys")  # import nothing
 ENTRY_POINTS = ("hessvalley.cli", "hessvalley.__main__")  # the only importers of the CLI
 
 
