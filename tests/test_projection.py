@@ -29,28 +29,16 @@ from hessvalley.curvature.trace import trace_budget
 from hessvalley.data import load_dataset
 from hessvalley.flat import Layout, unflatten_into
 from hessvalley.models import build_model
-from hessvalley.path_store import BARRIER, CONNECTED, CONVERGED, STEP_CAP, gather_path
-from hessvalley.projection import (
-    PathProjector,
-    PointLosses,
-    Projection,
-    ProjectionCache,
-    SGDStates,
-    bisection_midpoints,
-    gd_trainer,
-    interpolation_alphas,
-    line_points,
-    path_trace,
-    project,
-    project_segment,
-    slope_fit,
-)
-from hessvalley.projection_plan import (
-    n_segments,
-    problems,
-    projection_grid,
-    segment_grid,
-)
+from hessvalley.projection.bisection import PathProjector
+from hessvalley.projection.cache import ProjectionCache
+from hessvalley.projection.gather import gather_path
+from hessvalley.projection.gd import Projection, gd_trainer, project
+from hessvalley.projection.interpolation import PointLosses, interpolation_alphas, line_points
+from hessvalley.projection.outcomes import BARRIER, CONNECTED, CONVERGED, STEP_CAP
+from hessvalley.projection.plan import n_segments, problems, projection_grid, segment_grid
+from hessvalley.projection.replay import SGDStates, bisection_midpoints
+from hessvalley.projection.segment import project_segment
+from hessvalley.projection.trace import path_trace, slope_fit
 from hessvalley.schedule import checkpoint_steps, run_checkpoint_steps
 from hessvalley.train import (
     METRICS,

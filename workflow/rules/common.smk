@@ -11,7 +11,8 @@ from snakemake.exceptions import WorkflowError
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
-from hessvalley import projection_plan, stages
+from hessvalley import stages
+from hessvalley.projection import plan as projection_plan
 from hessvalley.config import ConfigError, validate_config
 
 try:
