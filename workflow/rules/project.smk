@@ -3,7 +3,8 @@
 projection/segment_<i>.zarr   one job per group of checkpoint intervals: GD projections,
                               line connectedness, recursive bisection with exact SGD replay
 projected_path.zarr           the segments joined in step order (gather)
-projected_trace.zarr          Hessian trace (Hutch++) along the projected path
+projected_trace.zarr          Hessian trace (Hutch++) along the projected path, of the
+                              Hessian the curvature rules take (the `curvature` keys)
 and the figures wei2020_fig1, wei2020_fig3, wei2020_fig4.
 
 The number of segment jobs comes from the config (epochs, steps per epoch, checkpoint_every,
@@ -90,6 +91,7 @@ rule projected_trace:
         kwargs=lambda w: as_json(
             {
                 "trace": config["projection"]["trace"],
+                "curvature": hessian_kwargs(),
                 "setting": w.setting,
                 "seed": int(w.seed),
             }

@@ -1,7 +1,10 @@
 """The trace stage: the Hessian trace of the training loss along a projected path (W&S Fig 3).
 
-The same probes are used at every point, so differences along the path are not probe noise
-alone.
+The Hessian at each traced point comes from the one Hessian factory (``hessian_at``) with the
+``curvature`` section's keys, the operator of the curvature stage along trajectories; so
+this trace and the curvature stage's are comparable (equal at equal parameters, method,
+budget and probe seed). The same probes are used at every point, so differences along the
+path are not probe noise alone.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import torch
 import zarr
 
 from hessvalley import store
-from hessvalley.curvature import HessianOperator, hutchinson_trace, hutchpp_trace
+from hessvalley.curvature import hutchinson_trace, hutchpp_trace
+from hessvalley.curvature.factory import hessian_at, hessian_attrs
 from hessvalley.curvature.trace import trace_budget
 from hessvalley.data import load_dataset
 from hessvalley.device import resolve_device
 from hessvalley.errors import HessvalleyError
+from hessvalley.hessian_keys import hessian_keys
 from hessvalley.losses import build_loss
 from hessvalley.models import build_model
 from hessvalley.progress import progress
@@ -65,6 +70,7 @@ def _budget(trace: Mapping[str, Any], n_params: int) -> dict[str, int]:
 
 def path_trace(
     trace: Mapping[str, Any],
+    curvature: Mapping[str, Any],
     setting: str,
     seed: int,
     path: str,
@@ -90,15 +96,14 @@ def path_trace(
     budget = _budget(trace, sum(p.numel() for p in model.parameters()))
     estimates, stderrs, samples = [], [], []
     for index in progress(chosen, desc=f"{setting} seed {seed} trace", unit="point"):
-        op = HessianOperator(
+        op = hessian_at(
             model,
             loss_fn,
             dataset.x_train,
             dataset.y_train,
+            curvature,
             params=torch.from_numpy(np.asarray(projected["params"][index])),
             buffers=torch.from_numpy(np.asarray(projected["buffers"][index])),
-            chunk_size=int(run.get("eval_batch_size", 2048)),
-            bn_policy="eval",
         )
         generator = torch.Generator().manual_seed(int(trace["seed"]))  # same probes everywhere
         result = estimator(op, generator, **budget)
@@ -116,14 +121,18 @@ def path_trace(
         "trace_samples": (("point", "probe"), np.stack(samples)),
         "in_fit": (("point",), fit),
     }
-    spec = {"trace": dict(trace), "path": projected.attrs["config_hash"]}
+    spec = {
+        "trace": dict(trace),
+        "hessian": hessian_keys(curvature),
+        "path": projected.attrs["config_hash"],
+    }
     attrs = {
         **store.provenance(spec, seed),
         "setting": setting,
         "method": trace["method"],
         "budget": budget,
         "matvecs": int(trace["probes"]),
-        "bn_policy": "eval",
+        **hessian_attrs(curvature, len(dataset.y_train)),
         "slope_per_epoch": slope,
         "slope_stderr": slope_stderr,
         "fit_from_epoch": float(trace["fit_from_epoch"]),
