@@ -23,6 +23,7 @@ import yaml
 import zarr
 
 from hessvalley import store
+from hessvalley.claims import UNTESTABLE, read_claim
 from hessvalley.config import ConfigError, validate_config
 from hessvalley.curvature import HessianOperator, exact_hessian, hutchpp_trace
 from hessvalley.curvature.trace import trace_budget
@@ -32,6 +33,7 @@ from hessvalley.hessian_keys import hessian_keys
 from hessvalley.models import build_model
 from hessvalley.projection.bisection import PathProjector
 from hessvalley.projection.cache import ProjectionCache
+from hessvalley.projection.claims import connection_verdict, connections
 from hessvalley.projection.gather import gather_path
 from hessvalley.projection.gd import Projection, gd_trainer, project
 from hessvalley.projection.interpolation import PointLosses, interpolation_alphas, line_points
@@ -576,6 +578,13 @@ def test_workflow_builds_the_figures_and_reruns_what_is_stale(tmp_path):
     assert path.sizes["edge"] == path.sizes["point"] - 1
     trace = xr.open_zarr(tmp_path / "results/tiny_mlp/seed0/projected_trace.zarr")
     assert trace.step.values.tolist() == grid and np.all(trace.trace_stderr.values > 0)
+    # Each figure states its claim, with the verdict its test gives on these stores.
+    claims = {f: read_claim((tmp_path / f).with_suffix(".json")) for f in FIGURES}
+    path_store = str(tmp_path / "results/tiny_mlp/seed0/projected_path.zarr")
+    expected = connection_verdict(connections(path_store)).verdict
+    assert claims[FIGURES[0]].verdict.verdict == expected
+    assert claims[FIGURES[1]].verdict.verdict == UNTESTABLE  # one seed: no spread
+    assert trace.attrs["hessian"]["chunk_size"] == 2048  # the curvature section's default
     assert planned(tmp_path) == {}
 
     def edit_config(change) -> None:

@@ -155,13 +155,15 @@ def test_stages_command_lists_every_stage():
 
 
 # Imported while the workflow is parsed (config validation, the projection plan, the stage
-# registry) or by jobs that must start fast (the gather of projected paths).
+# registry) or by jobs that must start fast (the gather of projected paths, the claims).
 TORCH_FREE = (
     "hessvalley.config",
     "hessvalley.stages",
     "hessvalley.hessian_keys",
     "hessvalley.projection.plan",
     "hessvalley.projection.gather",
+    "hessvalley.claims",
+    "hessvalley.projection.claims",
 )
 
 
