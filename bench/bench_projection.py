@@ -31,14 +31,9 @@ import zarr
 
 from hessvalley.config import validate_config
 from hessvalley.data import build_dataset_store, load_dataset
-from hessvalley.projection import (
-    PointLosses,
-    SGDStates,
-    gd_trainer,
-    interpolation_alphas,
-    line_points,
-    project,
-)
+from hessvalley.projection.gd import gd_trainer, project
+from hessvalley.projection.interpolation import PointLosses, interpolation_alphas, line_points
+from hessvalley.projection.replay import SGDStates
 from hessvalley.train import read_state, train_run, trainer_for
 
 # The embedded default's projected runs (config/config.yaml).

@@ -23,34 +23,25 @@ import yaml
 import zarr
 
 from hessvalley import store
+from hessvalley.claims import UNTESTABLE, read_claim
 from hessvalley.config import ConfigError, validate_config
 from hessvalley.curvature import HessianOperator, exact_hessian, hutchpp_trace
 from hessvalley.curvature.trace import trace_budget
 from hessvalley.data import load_dataset
 from hessvalley.flat import Layout, unflatten_into
+from hessvalley.hessian_keys import hessian_keys
 from hessvalley.models import build_model
-from hessvalley.path_store import BARRIER, CONNECTED, CONVERGED, STEP_CAP, gather_path
-from hessvalley.projection import (
-    PathProjector,
-    PointLosses,
-    Projection,
-    ProjectionCache,
-    SGDStates,
-    bisection_midpoints,
-    gd_trainer,
-    interpolation_alphas,
-    line_points,
-    path_trace,
-    project,
-    project_segment,
-    slope_fit,
-)
-from hessvalley.projection_plan import (
-    n_segments,
-    problems,
-    projection_grid,
-    segment_grid,
-)
+from hessvalley.projection.bisection import PathProjector
+from hessvalley.projection.cache import ProjectionCache
+from hessvalley.projection.claims import connection_verdict, connections
+from hessvalley.projection.gather import gather_path
+from hessvalley.projection.gd import Projection, gd_trainer, project
+from hessvalley.projection.interpolation import PointLosses, interpolation_alphas, line_points
+from hessvalley.projection.outcomes import BARRIER, CONNECTED, CONVERGED, STEP_CAP
+from hessvalley.projection.plan import n_segments, problems, projection_grid, segment_grid
+from hessvalley.projection.replay import SGDStates, bisection_midpoints
+from hessvalley.projection.segment import project_segment
+from hessvalley.projection.trace import path_trace, slope_fit
 from hessvalley.schedule import checkpoint_steps, run_checkpoint_steps
 from hessvalley.train import (
     METRICS,
@@ -59,12 +50,14 @@ from hessvalley.train import (
     train_run,
     trainer_for,
 )
+from hessvalley.trajectory_curvature import trace_along_trajectory
 
 from .conftest import REPO, make_config, run_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MLP = {"name": "mlp", "widths": [8], "activation": "tanh"}
 BN_MODEL = {"name": "vgg11", "batch_norm": True, "width": 8}
+HESSIAN = hessian_keys(make_config({})["curvature"])  # the defaults of the curvature keys
 
 
 def train(directory: Path, name: str, spec: dict, digits_spec: dict, data: str, **kw) -> str:
@@ -317,7 +310,9 @@ def test_gathered_path_is_ordered_complete_and_counted(gathered):
 def test_trace_along_the_path_uses_the_projected_states(gathered, runs, digits_store, data):
     output = str(gathered["dir"] / "trace.zarr")
     trace = {"method": "hutchpp", "probes": 30, "seed": 3, "at": "grid", "fit_from_epoch": 0}
-    path_trace(trace, "r", 0, gathered["path"], gathered["trajectory"], digits_store, output)
+    path_trace(
+        trace, HESSIAN, "r", 0, gathered["path"], gathered["trajectory"], digits_store, output
+    )
     result = store.read_arrays(output)
     attrs = zarr.open_group(output, mode="r").attrs
     assert result["step"].tolist() == [0, 4, 8, 12, 16]
@@ -340,6 +335,41 @@ def test_trace_along_the_path_uses_the_projected_states(gathered, runs, digits_s
     slope, _ = slope_fit(result["epoch"], result["trace"])
     assert attrs["slope_per_epoch"] == pytest.approx(slope)
     assert trace_budget("hutchpp", 30) == {"n_probes": 10, "sketch_size": 10}
+
+
+def test_path_trace_is_the_curvature_stage_trace_at_the_same_parameters(gathered, digits_store):
+    """The projections took no GD step, so the path's grid states are the trajectory's
+    checkpoints 0, 4, ..., 16. With the same curvature keys (here none at their defaults),
+    method, budget and probe seed the two stages agree bit for bit; with other probes,
+    within 3 combined standard errors."""
+    hessian = {"n_samples": 200, "subset_seed": 1, "batch_norm": "eval", "dtype": "float64",
+               "chunk_size": 64, "probes_per_sweep": 5}  # fmt: skip
+    curvature = {**make_config({})["curvature"], **hessian, "every": 4}
+    curvature["trace"] = {"method": "hutchpp", "matvecs": 30, "seed": 7}
+    along_trajectory = str(gathered["dir"] / "curvature_trace.zarr")
+    trace_along_trajectory(
+        curvature, "r", 0, gathered["trajectory"], digits_store, along_trajectory
+    )
+    reference = xr.open_zarr(along_trajectory)
+    for probe_seed in (7, 8):
+        output = str(gathered["dir"] / f"path_trace_{probe_seed}.zarr")
+        trace = {"method": "hutchpp", "probes": 30, "seed": probe_seed, "at": "grid",
+                 "fit_from_epoch": 0}  # fmt: skip
+        path_trace(
+            trace, hessian, "r", 0, gathered["path"], gathered["trajectory"], digits_store, output
+        )
+        along_path = xr.open_zarr(output)
+        assert along_path.step.values.tolist() == reference.step.values.tolist()
+        assert along_path.attrs["hessian"] == reference.attrs["hessian"] == hessian
+        assert along_path.attrs["n_samples"] == reference.attrs["n_samples"] == 200
+        a, b = along_path.trace.values, reference.trace.values
+        se_a, se_b = along_path.trace_stderr.values, reference.trace_stderr.values
+        if probe_seed == 7:
+            assert np.array_equal(a, b) and np.array_equal(se_a, se_b)
+            assert np.array_equal(along_path.trace_samples.values, reference.trace_samples.values)
+        else:
+            assert not np.array_equal(a, b)
+            assert np.all(np.abs(a - b) <= 3 * np.sqrt(se_a**2 + se_b**2)), (a, b, se_a, se_b)
 
 
 def test_slope_fit_matches_numpy():
@@ -548,14 +578,26 @@ def test_workflow_builds_the_figures_and_reruns_what_is_stale(tmp_path):
     assert path.sizes["edge"] == path.sizes["point"] - 1
     trace = xr.open_zarr(tmp_path / "results/tiny_mlp/seed0/projected_trace.zarr")
     assert trace.step.values.tolist() == grid and np.all(trace.trace_stderr.values > 0)
+    # Each figure states its claim, with the verdict its test gives on these stores.
+    claims = {f: read_claim((tmp_path / f).with_suffix(".json")) for f in FIGURES}
+    path_store = str(tmp_path / "results/tiny_mlp/seed0/projected_path.zarr")
+    expected = connection_verdict(connections(path_store)).verdict
+    assert claims[FIGURES[0]].verdict.verdict == expected
+    assert claims[FIGURES[1]].verdict.verdict == UNTESTABLE  # one seed: no spread
+    assert trace.attrs["hessian"]["chunk_size"] == 2048  # the curvature section's default
     assert planned(tmp_path) == {}
 
-    def edit(change) -> None:
+    def edit_config(change) -> None:
         config = yaml.safe_load((tmp_path / "config.yaml").read_text())
-        change(config["projection"])
+        change(config)
         (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
 
+    def edit(change) -> None:
+        edit_config(lambda config: change(config["projection"]))
+
     edit(lambda p: p["trace"].update(probes=15))
+    assert planned(tmp_path) == {"projected_trace": 1, "wei2020_fig3": 1, "wei2020_fig4": 1}
+    edit_config(lambda c: c.update(curvature={"chunk_size": 100}))  # a Hessian key
     assert planned(tmp_path) == {"projected_trace": 1, "wei2020_fig3": 1, "wei2020_fig4": 1}
     edit(lambda p: p.update(n_points=5))
     jobs = planned(tmp_path)

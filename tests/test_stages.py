@@ -16,7 +16,12 @@ from hessvalley import stages
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "hessvalley"
-LEAVES = ("hessvalley.errors", "hessvalley.schedule", "hessvalley.stats")  # import nothing of ours
+LEAVES = (  # import nothing of the package
+    "hessvalley.errors",
+    "hessvalley.schedule",
+    "hessvalley.stats",
+    "hessvalley.hessian_keys",
+)
 ENTRY_POINTS = ("hessvalley.cli", "hessvalley.__main__")  # the only importers of the CLI
 
 
@@ -152,3 +157,25 @@ def test_stages_command_lists_every_stage():
     for stage, function in stages.STAGES.items():
         assert re.search(rf"^{re.escape(stage)}\s+{re.escape(function)}$", listing, re.M)
         assert stages.summary(stage) in listing
+
+
+# Imported while the workflow is parsed (config validation, the projection plan, the stage
+# registry) or by jobs that must start fast (the gather of projected paths, the claims).
+TORCH_FREE = (
+    "hessvalley.config",
+    "hessvalley.stages",
+    "hessvalley.hessian_keys",
+    "hessvalley.projection.plan",
+    "hessvalley.projection.gather",
+    "hessvalley.claims",
+    "hessvalley.projection.claims",
+)
+
+
+@pytest.mark.parametrize("module", TORCH_FREE)
+def test_parse_time_and_gather_modules_do_not_import_torch(module):
+    code = f"import sys, {module}\nprint(sorted(m for m in sys.modules if m.startswith('torch')))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]", f"importing {module} imports {loaded}"

@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from hessvalley import projection_plan
+from hessvalley.projection import plan as projection_plan
 from hessvalley.schedule import (
     TORCHVISION_SOURCES,
     run_train_size,

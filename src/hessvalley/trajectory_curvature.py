@@ -3,7 +3,9 @@
 Each function reads one trajectory, rebuilds the model at every chosen checkpoint (parameters
 and BatchNorm buffers) and writes one store under ``results/<setting>/seed<k>/curvature/``.
 The Hessian is that of the mean training loss over the run's training set (or a seeded
-subset, ``curvature.n_samples``), BatchNorm in the ``curvature.batch_norm`` mode.
+subset, ``curvature.n_samples``), BatchNorm in the ``curvature.batch_norm`` mode, built by
+the one Hessian factory (``hessvalley.curvature.factory``) that the trace along projected
+paths uses too.
 The same probe seed is used at every checkpoint, so differences between checkpoints are not
 probe noise alone.
 """
@@ -26,18 +28,19 @@ from hessvalley.curvature import (
     negative_eigenvalue_sum,
     stochastic_lanczos_quadrature,
 )
+from hessvalley.curvature.factory import hessian_at, hessian_attrs
 from hessvalley.curvature.trace import trace_budget
 from hessvalley.data import load_dataset
 from hessvalley.device import resolve_device
+from hessvalley.hessian_keys import hessian_keys
 from hessvalley.progress import progress
 from hessvalley.schedule import every_kth
 from hessvalley.train import open_trajectory, read_state, trainer_for
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
 
 class CheckpointHessians:
-    """Hessian operators of one trajectory's training loss at its checkpoints."""
+    """Hessian operators of one trajectory's training loss at its checkpoints, built by the
+    Hessian factory from the ``curvature`` keys (``hessian_at``)."""
 
     def __init__(
         self, trajectory: str, data: str, curvature: Mapping[str, Any], device: str
@@ -47,29 +50,14 @@ class CheckpointHessians:
         self.run = self.group.attrs["run"]
         dataset = load_dataset(data, self.device, self.run["train_on"])
         self.trainer = trainer_for(self.group, self.device, dataset)
-        x, y = dataset.x_train, dataset.y_train
-        n = curvature["n_samples"]
-        if n is not None and n < len(y):
-            generator = torch.Generator().manual_seed(int(curvature["subset_seed"]))
-            keep = torch.randperm(len(y), generator=generator)[:n].sort().values.to(x.device)
-            x, y = x[keep], y[keep]
-        self.x, self.y = x, y
+        self.x, self.y = dataset.x_train, dataset.y_train
         self.curvature = curvature
         self.n_checkpoints = int(self.group.attrs["n_checkpoints"])
         self.n_params = int(self.group.attrs["param_layout"]["numel"])
 
     def operator(self, k: int) -> HessianOperator:
         self.trainer.load_state(read_state(self.group, k))
-        return HessianOperator(
-            self.trainer.model,
-            self.trainer.loss_fn,
-            self.x,
-            self.y,
-            chunk_size=int(self.curvature["chunk_size"]),
-            probes_per_sweep=int(self.curvature["probes_per_sweep"]),
-            bn_policy=self.curvature["batch_norm"],
-            dtype=DTYPES[self.curvature["dtype"]],
-        )
+        return hessian_at(self.trainer.model, self.trainer.loss_fn, self.x, self.y, self.curvature)
 
     def coords(self, chosen: np.ndarray) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
         return {
@@ -80,19 +68,14 @@ class CheckpointHessians:
         }
 
     def attrs(self, section: str, setting: str, seed: int) -> dict[str, Any]:
-        spec = {key: self.curvature[key] for key in SHARED_KEYS} | {
-            section: self.curvature[section]
-        }
+        spec = hessian_keys(self.curvature) | {section: self.curvature[section]}
         return {
             **store.provenance(spec, seed=seed),
             "setting": setting,
-            "n_samples": len(self.y),
+            **hessian_attrs(self.curvature, len(self.y)),
             "n_params": self.n_params,
             "trajectory_config_hash": self.group.attrs["config_hash"],
         }
-
-
-SHARED_KEYS = ("n_samples", "subset_seed", "batch_norm", "dtype", "chunk_size", "probes_per_sweep")
 
 
 def trace_along_trajectory(

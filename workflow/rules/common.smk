@@ -11,8 +11,10 @@ from snakemake.exceptions import WorkflowError
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
-from hessvalley import projection_plan, stages
+from hessvalley import stages
 from hessvalley.config import ConfigError, validate_config
+from hessvalley.hessian_keys import hessian_keys
+from hessvalley.projection import plan as projection_plan
 
 try:
     config.update(validate_config(config))
@@ -190,15 +192,29 @@ def curvature_store(setting, seed, name):
     return f"{RESULTS}/{setting}/seed{seed}/curvature/{name}.zarr"
 
 
+def hessian_kwargs():
+    """The `curvature` keys that define a Hessian (hessvalley.hessian_keys): every rule
+    computing curvature at stored parameters passes exactly these, so all build the same
+    operator and a change of one re-runs all of them."""
+    return hessian_keys(config["curvature"])
+
+
 def curvature_kwargs(wildcards, section):
-    """Config of one curvature rule: the shared keys plus its own section only."""
-    shared = {k: v for k, v in config["curvature"].items() if not isinstance(v, dict)}
-    shared.pop("runs")
-    shared[section] = config["curvature"][section]
+    """Config of one curvature rule: the Hessian keys, `every`, and its own section only."""
+    own = config["curvature"][section]
     if section == "spectrum":
-        shared[section] = {k: v for k, v in shared[section].items() if k != "runs"}
+        own = {k: v for k, v in own.items() if k != "runs"}
+    curvature = {
+        **hessian_kwargs(),
+        "every": config["curvature"]["every"],
+        section: own,
+    }
     return as_json(
-        {"curvature": shared, "setting": wildcards.setting, "seed": int(wildcards.seed)}
+        {
+            "curvature": curvature,
+            "setting": wildcards.setting,
+            "seed": int(wildcards.seed),
+        }
     )
 
 

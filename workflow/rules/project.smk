@@ -3,8 +3,10 @@
 projection/segment_<i>.zarr   one job per group of checkpoint intervals: GD projections,
                               line connectedness, recursive bisection with exact SGD replay
 projected_path.zarr           the segments joined in step order (gather)
-projected_trace.zarr          Hessian trace (Hutch++) along the projected path
-and the figures wei2020_fig1, wei2020_fig3, wei2020_fig4.
+projected_trace.zarr          Hessian trace (Hutch++) along the projected path, of the
+                              Hessian the curvature rules take (the `curvature` keys)
+and the figures wei2020_fig1, wei2020_fig3, wei2020_fig4, each with its claim checked from the
+data (<id>.json, gathered into results/claims.csv).
 
 The number of segment jobs comes from the config (epochs, steps per epoch, checkpoint_every,
 projection checkpoint_stride and intervals_per_segment), so a dry run lists every job; runs that stop early are
@@ -90,6 +92,7 @@ rule projected_trace:
         kwargs=lambda w: as_json(
             {
                 "trace": config["projection"]["trace"],
+                "curvature": hessian_kwargs(),
                 "setting": w.setting,
                 "seed": int(w.seed),
             }
@@ -113,6 +116,7 @@ rule wei2020_fig1:
         src=stage_sources("wei2020_fig1"),
     output:
         pdf=f"{FIGURES}/wei2020_fig1.pdf",
+        json=f"{FIGURES}/wei2020_fig1.json",
         png=report(
             f"{FIGURES}/wei2020_fig1.png",
             caption="../report/wei2020_fig1.rst",
@@ -142,6 +146,7 @@ rule wei2020_fig3:
         src=stage_sources("wei2020_fig3"),
     output:
         pdf=f"{FIGURES}/wei2020_fig3.pdf",
+        json=f"{FIGURES}/wei2020_fig3.json",
         png=report(
             f"{FIGURES}/wei2020_fig3.png",
             caption="../report/wei2020_fig3.rst",
@@ -169,6 +174,7 @@ rule wei2020_fig4:
         src=stage_sources("wei2020_fig4"),
     output:
         pdf=f"{FIGURES}/wei2020_fig4.pdf",
+        json=f"{FIGURES}/wei2020_fig4.json",
         png=report(
             f"{FIGURES}/wei2020_fig4.png",
             caption="../report/wei2020_fig4.rst",

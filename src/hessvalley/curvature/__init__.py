@@ -6,6 +6,7 @@ the caller owns (parameters, BatchNorm buffers, train/eval mode) is modified.
 """
 
 from hessvalley.curvature.exact import exact_hessian, exact_spectrum, negative_eigenvalue_sum
+from hessvalley.curvature.factory import hessian_at, hessian_attrs
 from hessvalley.curvature.lanczos import RitzPairs, lanczos_extremes, lanczos_tridiagonal
 from hessvalley.curvature.noise import (
     AlignmentEstimate,
@@ -41,6 +42,8 @@ __all__ = [
     "flat_gradient",
     "frobenius_cosine",
     "gradient_cosine",
+    "hessian_at",
+    "hessian_attrs",
     "hessian_noise_alignment",
     "hutchinson_trace",
     "hutchpp_trace",

@@ -1,4 +1,8 @@
-"""Wei & Schwab Figs 1, 3, 4: losses and Hessian trace along projected paths."""
+"""Wei & Schwab Figs 1, 3, 4: losses and Hessian trace along projected paths.
+
+Each figure also writes its claim, tested from the same stores (``projection.claims``), as
+``<id>.json`` beside ``<id>.pdf``; the verdict is in the figure's title.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ import numpy as np
 from matplotlib.ticker import NullFormatter
 
 from hessvalley import store
+from hessvalley.claims import Claim, write_claim
 from hessvalley.figures.common import mean_band, new_figure, save_figure
+from hessvalley.projection.claims import fig1_claim, fig3_claim, fig4_claim
 
 
 def _read(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -152,22 +158,32 @@ def draw_trace(ax, seeds: list[tuple[dict, dict]], band: str) -> None:
     line.set_zorder(3)
 
 
+def _claim_title(title: str, claim: Claim) -> str:
+    return f"{title}\nclaim: {claim.verdict.verdict}"
+
+
 def fig1_figure(
     paths: Sequence[str], trajectories: Sequence[str], output: str, figures: Mapping[str, Any]
 ) -> None:
-    """W&S Fig 1: train/val loss along projected paths, raw SGD path as inset."""
+    """W&S Fig 1: train/val loss along projected paths (raw SGD path inset), and its claim.
+
+    The claim (consecutive projected points line connected) goes to <id>.json."""
     fig, axes = new_figure(
         1, len(paths), figsize=(5.2 * len(paths), 4.4), squeeze=False, layout="constrained"
     )
     for ax, path, trajectory in zip(axes[0], paths, trajectories, strict=True):
         draw_path(ax, path, trajectory)
     _path_legend(fig, axes[0])
-    fig.suptitle("Loss along the projected path (Wei & Schwab Fig 1)")
+    claim = fig1_claim(paths)
+    fig.suptitle(_claim_title("Loss along the projected path (Wei & Schwab Fig 1)", claim))
     save_figure(fig, output, dpi=figures.get("dpi", 150))
+    write_claim(output, claim)
 
 
 def fig3_figure(traces: Sequence[str], output: str, figures: Mapping[str, Any]) -> None:
-    """W&S Fig 3: Hessian trace along the projected paths, mean ± std over seeds."""
+    """W&S Fig 3: Hessian trace along the projected paths over seeds, and its claim.
+
+    The claim (the trace decreases) goes to <id>.json."""
     grouped = _by_setting(traces)
     fig, axes = new_figure(
         1, len(grouped), figsize=(5.2 * len(grouped), 4.2), squeeze=False, layout="constrained"
@@ -175,8 +191,10 @@ def fig3_figure(traces: Sequence[str], output: str, figures: Mapping[str, Any]) 
     for ax, seeds in zip(axes[0], grouped.values(), strict=True):
         draw_trace(ax, seeds, figures.get("band", "std"))
     axes[0][0].legend(fontsize=7, loc="upper right")
-    fig.suptitle("Hessian trace along the projected path (Wei & Schwab Fig 3)")
+    claim = fig3_claim(traces)
+    fig.suptitle(_claim_title("Hessian trace along the projected path (Wei & Schwab Fig 3)", claim))
     save_figure(fig, output, dpi=figures.get("dpi", 150))
+    write_claim(output, claim)
 
 
 def fig4_figure(
@@ -186,7 +204,9 @@ def fig4_figure(
     output: str,
     figures: Mapping[str, Any],
 ) -> None:
-    """W&S Fig 4 (A.2): per setting, the loss along its projected path and the trace."""
+    """W&S Fig 4 (A.2): loss along the projected path and trace per setting, and its claim.
+
+    The claim (connected, trace decreasing) goes to <id>.json."""
     grouped = _by_setting(traces)
     n = len(paths)
     fig, axes = new_figure(2, n, figsize=(5.2 * n, 8.0), squeeze=False, layout="constrained")
@@ -196,5 +216,8 @@ def fig4_figure(
         draw_trace(axes[1][column], grouped[setting], figures.get("band", "std"))
     _path_legend(fig, axes[0])
     axes[1][0].legend(fontsize=7, loc="upper right")
-    fig.suptitle("Projected paths and trace, further settings (Wei & Schwab Fig 4, A.2)")
+    claim = fig4_claim(paths, traces)
+    title = "Projected paths and trace, further settings (Wei & Schwab Fig 4, A.2)"
+    fig.suptitle(_claim_title(title, claim))
     save_figure(fig, output, dpi=figures.get("dpi", 150))
+    write_claim(output, claim)

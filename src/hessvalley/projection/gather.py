@@ -1,4 +1,4 @@
-"""Projected-path stores: outcome codes, counts and the gather of segment stores.
+"""The gather stage: the segment stores of one run and seed joined into its projected path.
 
 Torch-free, so the gather job (one per run and seed) starts in half a second rather than
 the two seconds an import of torch takes.
@@ -13,24 +13,7 @@ import zarr
 
 from hessvalley import store
 from hessvalley.errors import HessvalleyError
-
-# Projection outcome codes (array ``status``).
-CONVERGED, STEP_CAP, DIVERGED = 0, 1, 2
-# Why a final neighbour pair is (not) connected (array ``cause``).
-CONNECTED, BARRIER, NOT_CONVERGED = 0, 1, 2
-STATUS_NAMES = {CONVERGED: "converged", STEP_CAP: "step cap", DIVERGED: "diverged"}
-CAUSE_NAMES = {CONNECTED: "connected", BARRIER: "barrier", NOT_CONVERGED: "end not converged"}
-
-
-def counts(converged: np.ndarray, cause: np.ndarray) -> dict[str, int]:
-    return {
-        "n_points": len(converged),
-        "n_edges": len(cause),
-        "n_failed_connections": int(np.sum(cause != CONNECTED)),
-        "n_barrier_failures": int(np.sum(cause == BARRIER)),
-        "n_not_converged_failures": int(np.sum(cause == NOT_CONVERGED)),
-        "n_not_converged": int(np.sum(~converged)),
-    }
+from hessvalley.projection.outcomes import counts
 
 
 def gather_path(setting: str, seed: int, segments: Sequence[str], output: str) -> None:

@@ -1,0 +1,140 @@
+"""The resume cache of a segment job: finished projections kept on disk as each completes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from hessvalley import store
+from hessvalley.projection.gd import Projection
+from hessvalley.train import METRICS
+
+
+class ProjectionCache:
+    """The finished projections of one segment job, kept on disk as each one completes.
+
+    A segment job spends nearly all its time in GD projections; a job killed by SLURM (time
+    limit, preemption, scancel) and resubmitted would otherwise redo every one. Each
+    projection is appended to ``<output>.projections.partial`` (zarr, one row per projection,
+    keyed by its SGD step) as soon as it finishes, and a later attempt with the same spec
+    (projection settings, trajectory config hash, seed, segment) loads them and skips their GD;
+    a store made by another spec is discarded. Rows count once ``n_complete`` (written after
+    them) covers them, and zarr writes each file atomically, so a kill mid-append loses at
+    most the projection in progress. The bisection is deterministic given the projections,
+    so a resumed segment's store is bit for bit an uninterrupted one's.
+    """
+
+    SCALARS = (
+        ("step", "int64"),
+        ("gd_steps", "int64"),
+        ("status", "int8"),
+        ("start_loss", "float64"),
+        *((name, "float64") for name in METRICS),
+    )
+
+    def __init__(
+        self, output: str | os.PathLike, spec: Mapping[str, Any], n_params: int, n_buffers: int
+    ) -> None:
+        base = f"{os.fspath(output)}.projections"
+        self.path = store.partial_path(base)
+        self.group, resumed = store.open_partial(base, store.config_hash(spec))
+        self.n_buffers = n_buffers
+        if not resumed:
+            self._create(spec, n_params)
+        self.projections: dict[int, Projection] = self._load()
+
+    def _create(self, spec: Mapping[str, Any], n_params: int) -> None:
+        for name, dtype in self.SCALARS:
+            store.create(self.group, name, ("projection",), shape=(0,), dtype=dtype, chunks=(64,))
+        rows = {
+            "params": ("param", n_params, "float32"),
+            "buffers": ("buffer", self.n_buffers, "float64"),
+        }
+        for name, (dim, size, dtype) in rows.items():
+            if size:
+                store.create(
+                    self.group,
+                    name,
+                    ("projection", dim),
+                    shape=(0, size),
+                    dtype=dtype,
+                    chunks=(1, size),
+                    compress=False,
+                )
+        # The hash goes in last: a store killed before it is complete is never reused.
+        self.group.update_attributes({**store.provenance(spec), "n_complete": 0})
+
+    @classmethod
+    def for_segment(
+        cls,
+        output: str | os.PathLike,
+        settings: Mapping[str, Any],
+        trajectory: zarr.Group,
+        seed: int,
+        segment: int,
+    ) -> ProjectionCache:
+        """The cache of segment ``segment`` of ``trajectory`` projected with ``settings``."""
+        spec = {
+            "projection": dict(settings),
+            "trajectory": trajectory.attrs["config_hash"],
+            "seed": seed,
+            "segment": segment,
+        }
+        n_buffers = trajectory["buffers"].shape[1] if "buffers" in trajectory else 0
+        return cls(output, spec, trajectory["params"].shape[1], n_buffers)
+
+    def __len__(self) -> int:
+        return len(self.projections)
+
+    def __contains__(self, step: int) -> bool:
+        return step in self.projections
+
+    def __getitem__(self, step: int) -> Projection:
+        return self.projections[step]
+
+    def _load(self) -> dict[int, Projection]:
+        n = int(self.group.attrs["n_complete"])
+        column = {name: np.asarray(self.group[name][:n]) for name, _ in self.SCALARS}
+        params = np.asarray(self.group["params"][:n])
+        buffers = np.asarray(self.group["buffers"][:n]) if self.n_buffers else np.zeros((n, 0))
+        return {
+            int(column["step"][i]): Projection(
+                torch.from_numpy(params[i]),
+                torch.from_numpy(buffers[i]),
+                int(column["gd_steps"][i]),
+                int(column["status"][i]),
+                float(column["start_loss"][i]),
+                {name: float(column[name][i]) for name in METRICS},
+            )
+            for i in range(n)
+        }
+
+    def add(self, step: int, projection: Projection) -> None:
+        """Append ``projection`` of the SGD state at ``step`` and commit it."""
+        n = int(self.group.attrs["n_complete"])
+        row = {
+            "step": step,
+            "gd_steps": projection.gd_steps,
+            "status": projection.status,
+            "start_loss": projection.start_loss,
+            **{name: projection.metrics[name] for name in METRICS},
+            "params": projection.params.numpy(),
+        }
+        if self.n_buffers:
+            row["buffers"] = projection.buffers.numpy()
+        for name, value in row.items():
+            array = self.group[name]
+            array.resize((n + 1, *array.shape[1:]))
+            array[n] = value
+        self.group.attrs["n_complete"] = n + 1
+        self.projections[step] = projection
+
+    def remove(self) -> None:
+        """Delete the store (once the segment's output is published)."""
+        shutil.rmtree(self.path, ignore_errors=True)

@@ -1,0 +1,167 @@
+"""The segment stage: the projected path between the grid checkpoints of one segment job.
+
+A segment is ``intervals_per_segment`` consecutive intervals of the projection grid
+(``plan.segment_grid``). The job bisects them (``PathProjector``), resuming from the
+projections an earlier, killed attempt left (``ProjectionCache``), and writes the segment
+store: the ordered points, the lines between neighbours, and the kept parameters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+
+from hessvalley import store
+from hessvalley.data import load_dataset
+from hessvalley.device import resolve_device
+from hessvalley.errors import HessvalleyError
+from hessvalley.progress import progress
+from hessvalley.projection.bisection import Bisection, Edge, PathProjector, Point
+from hessvalley.projection.cache import ProjectionCache
+from hessvalley.projection.interpolation import interpolation_alphas
+from hessvalley.projection.outcomes import counts
+from hessvalley.projection.plan import projection_grid, segment_grid
+from hessvalley.train import open_trajectory
+
+
+def _point_arrays(points: Sequence[Point], steps_per_epoch: int, grid_steps: set[int]):
+    p = [pt.projection for pt in points]
+    step = np.array([pt.step for pt in points], dtype=np.int64)
+    return {
+        "step": (("point",), step),
+        "epoch": (("point",), step / steps_per_epoch),
+        "depth": (("point",), np.array([pt.depth for pt in points], dtype=np.int16)),
+        "on_grid": (("point",), np.isin(step, sorted(grid_steps))),
+        "gd_steps": (("point",), np.array([x.gd_steps for x in p], dtype=np.int64)),
+        "status": (("point",), np.array([x.status for x in p], dtype=np.int8)),
+        "converged": (("point",), np.array([x.converged for x in p])),
+        "start_loss": (("point",), np.array([x.start_loss for x in p])),
+        **{
+            name: (("point",), np.array([x.metrics[name] for x in p]))
+            for name in ("train_loss", "val_loss", "train_acc", "val_acc")
+        },
+    }
+
+
+def _edge_arrays(edges: Sequence[Edge], n_points: int):
+    if edges:
+        train = np.stack([e.train for e in edges])
+        val = np.stack([e.val for e in edges])
+    else:
+        train = val = np.zeros((0, n_points))
+    return {
+        "alpha": (("alpha",), interpolation_alphas(n_points)),
+        "edge_left_step": (("edge",), np.array([e.left for e in edges], dtype=np.int64)),
+        "edge_right_step": (("edge",), np.array([e.right for e in edges], dtype=np.int64)),
+        "interp_train_loss": (("edge", "alpha"), train),
+        "interp_val_loss": (("edge", "alpha"), val),
+        "connected": (("edge",), np.array([e.connected for e in edges], dtype=bool)),
+        "cause": (("edge",), np.array([e.cause for e in edges], dtype=np.int8)),
+        "edge_depth": (("edge",), np.array([e.depth for e in edges], dtype=np.int16)),
+    }
+
+
+def _stored_points(points: Sequence[Point], store_params: str, grid_steps: set[int]):
+    if store_params == "all":
+        return list(range(len(points)))
+    return [i for i, pt in enumerate(points) if pt.step in grid_steps]
+
+
+def segment_arrays(
+    result: Bisection,
+    group: zarr.Group,
+    settings: Mapping[str, Any],
+    grid: Sequence[int],
+) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+    """The segment store's arrays: points, edges, and the parameters kept (every point or
+    the grid checkpoints, ``store_params``; the segment's last grid checkpoint is kept by
+    the next segment, which starts there)."""
+    steps = np.asarray(group["step"][...])
+    full_grid = projection_grid(int(group.attrs["n_checkpoints"]), settings["checkpoint_stride"])
+    grid_steps = {int(steps[k]) for k in full_grid}
+    stored = _stored_points(result.points, settings["store_params"], grid_steps)
+    if grid[-1] != full_grid[-1]:  # the next segment starts at this end and stores it
+        stored = [i for i in stored if i != len(result.points) - 1]
+    return {
+        **_point_arrays(result.points, int(group.attrs["steps_per_epoch"]), grid_steps),
+        **_edge_arrays(result.edges, int(settings["n_points"])),
+        "state_point": (("state",), np.array(stored, dtype=np.int64)),
+        "params": (
+            ("state", "param"),
+            np.stack([result.points[i].projection.params.numpy() for i in stored]),
+        ),
+        "buffers": (
+            ("state", "buffer"),
+            np.stack([result.points[i].projection.buffers.numpy() for i in stored]),
+        ),
+    }
+
+
+def project_segment(
+    settings: Mapping[str, Any],
+    segment: int,
+    setting: str,
+    seed: int,
+    trajectory: str,
+    data: str,
+    output: str,
+    device: str = "cpu",
+) -> None:
+    """Segment job: projected path between the checkpoints of segment ``segment``."""
+    device = resolve_device(device)
+    group = open_trajectory(trajectory)
+    if not group.attrs.get("complete"):
+        raise HessvalleyError(f"trajectory {trajectory} is incomplete")
+    try:
+        grid = segment_grid(
+            int(group.attrs["n_checkpoints"]),
+            settings["checkpoint_stride"],
+            settings["intervals_per_segment"],
+            segment,
+        )
+    except ValueError as err:
+        raise HessvalleyError(f"{trajectory}: {err} (did the run stop early?)") from err
+    dataset = load_dataset(data, device, group.attrs["run"]["train_on"])
+    cache = ProjectionCache.for_segment(output, settings, group, seed, segment)
+    if len(cache):
+        print(f"resuming segment {segment}: {len(cache)} projections from an earlier attempt")
+    projector = PathProjector(group, dataset, settings, device, cache)
+    steps = np.asarray(group["step"][...])
+    a, b = int(steps[grid[0]]), int(steps[grid[-1]])
+    bar = progress(total=b - a, desc=f"{setting} seed {seed} segment {segment}", unit="step")
+    start = time.perf_counter()
+    result = projector.bisect(grid, bar)
+    bar.close()
+    arrays = segment_arrays(result, group, settings, grid)
+    summary = counts(arrays["converged"][1], arrays["cause"][1])
+    timings = {**result.timings, "total": time.perf_counter() - start}
+    attrs = {
+        **store.provenance(
+            {"projection": settings, "trajectory": group.attrs["config_hash"]}, seed
+        ),
+        "setting": setting,
+        "segment": segment,
+        "run": group.attrs["run"],
+        "steps_per_epoch": int(group.attrs["steps_per_epoch"]),
+        "grid_checkpoints": grid,
+        "steps": [a, b],
+        "loss_threshold": settings["loss_threshold"],
+        "n_bisections": result.n_bisections,
+        "timings_s": timings,
+        "param_layout": group.attrs["param_layout"],
+        "buffer_layout": group.attrs["buffer_layout"],
+        **summary,
+    }
+    store.write_store(output, arrays, attrs)
+    cache.remove()
+    print(
+        f"segment {segment} (steps {a}..{b}): {summary['n_points']} points "
+        f"({summary['n_points'] - projector.n_reused} projected, {projector.n_reused} from an "
+        f"earlier attempt), {summary['n_failed_connections']} failed connections, "
+        f"{summary['n_not_converged']} not converged, {result.n_bisections} bisections; "
+        + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+    )
