@@ -74,9 +74,9 @@ def test_claims_table_csv_is_literal_and_the_report_table_renders_it(tmp_path, c
     assert [row["id"] for row in rows] == ["wei2020_fig3", "wei2020_fig7"]
     assert rows[0]["claim"] == "|Σλ| falls_ along `the` path"
     assert rows[0]["numbers"] == "|slope|_ = -0.05 ± 0.01 per epoch; n = 3"
-    html = publish_parts(
-        rst_path.read_text(), writer="html", settings_overrides={"halt_level": 2}
-    )["body"]
+    html = publish_parts(rst_path.read_text(), writer="html", settings_overrides={"halt_level": 2})[
+        "body"
+    ]
     assert html.count("<tr") == 3 and "problematic" not in html
     assert "|Σλ| falls_ along `the` path" in html and "W&amp;S 2020, Fig *3*" in html
     assert "2 claims: 2 holds" in capsys.readouterr().out

@@ -41,8 +41,9 @@ from hessvalley.projection.outcomes import BARRIER, CONNECTED, CONVERGED, STEP_C
 from hessvalley.projection.plan import n_segments, problems, projection_grid, segment_grid
 from hessvalley.projection.replay import SGDStates, bisection_midpoints
 from hessvalley.projection.segment import project_segment
-from hessvalley.projection.trace import path_trace, slope_fit
+from hessvalley.projection.trace import path_trace
 from hessvalley.schedule import checkpoint_steps, run_checkpoint_steps
+from hessvalley.stats import slope_fit
 from hessvalley.train import (
     METRICS,
     TrainState,

@@ -1,4 +1,4 @@
-"""Statistics shared by several stages: means with standard errors and weighted line fits.
+"""Statistics shared by several stages: means with standard errors and line fits.
 
 A leaf module (numpy only, nothing of the package, no torch), so figure and claim code can
 use the same fits as the stages that made the numbers.
@@ -56,3 +56,17 @@ def mean_sem(values: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray
     values = np.asarray(values, dtype=float)
     n = values.shape[axis]
     return values.mean(axis=axis), values.std(axis=axis, ddof=1) / math.sqrt(n)
+
+
+def slope_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope of y on x and its standard error (nan when undetermined)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 2 or np.ptp(x) == 0:
+        return math.nan, math.nan
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    if len(x) < 3:
+        return float(coef[0]), math.nan
+    residual = y - design @ coef
+    variance = residual @ residual / (len(x) - 2)
+    return float(coef[0]), float(math.sqrt(variance / np.sum((x - x.mean()) ** 2)))

@@ -9,7 +9,6 @@ path are not probe noise alone.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,23 +27,10 @@ from hessvalley.hessian_keys import hessian_keys
 from hessvalley.losses import build_loss
 from hessvalley.models import build_model
 from hessvalley.progress import progress
+from hessvalley.stats import slope_fit
 from hessvalley.train import open_trajectory
 
 POINT_ARRAYS = ("step", "epoch", "train_loss", "val_loss", "converged", "on_grid")
-
-
-def slope_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Least-squares slope of y on x and its standard error (nan when undetermined)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) < 2 or np.ptp(x) == 0:
-        return math.nan, math.nan
-    design = np.stack([x, np.ones_like(x)], axis=1)
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    if len(x) < 3:
-        return float(coef[0]), math.nan
-    residual = y - design @ coef
-    variance = residual @ residual / (len(x) - 2)
-    return float(coef[0]), float(math.sqrt(variance / np.sum((x - x.mean()) ** 2)))
 
 
 def traced_points(projected: zarr.Group, at: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
