@@ -39,7 +39,8 @@ from hessvalley.projection import (
     line_points,
     project,
 )
-from hessvalley.train import read_state, train_run, trainer_for
+from hessvalley.train import train_run, trainer_for
+from hessvalley.trajectory_store import read_state
 
 # The embedded default's projected runs (config/config.yaml).
 SETTINGS = {

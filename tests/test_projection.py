@@ -52,13 +52,8 @@ from hessvalley.projection_plan import (
     segment_grid,
 )
 from hessvalley.schedule import checkpoint_steps, run_checkpoint_steps
-from hessvalley.train import (
-    METRICS,
-    TrainState,
-    read_state,
-    train_run,
-    trainer_for,
-)
+from hessvalley.train import train_run, trainer_for
+from hessvalley.trajectory_store import METRICS, TrainState, read_state
 
 from .conftest import REPO, make_config, run_spec
 

@@ -16,23 +16,14 @@ import pytest
 import torch
 import zarr
 
-from hessvalley import store
-from hessvalley import train as train_module
+from hessvalley import store, trajectory_store
 from hessvalley.data import load_dataset
 from hessvalley.errors import HessvalleyError
 from hessvalley.losses import build_loss
 from hessvalley.models import build_model
 from hessvalley.schedule import checkpoint_steps
-from hessvalley.train import (
-    METRICS,
-    Trainer,
-    TrainState,
-    TrajectoryWriter,
-    epoch_order,
-    read_state,
-    replay,
-    train_run,
-)
+from hessvalley.train import Trainer, epoch_order, replay, train_run
+from hessvalley.trajectory_store import METRICS, TrainState, TrajectoryWriter, read_state
 
 from .conftest import run_spec
 
@@ -211,7 +202,7 @@ def test_checkpoint_write_modes_store_the_same_trajectory(
     checkpoint, and states written at each checkpoint all store the same bytes."""
     spec = run_spec(epochs=3, optimizer={"lr": 0.05, "momentum": 0.9, "batch_size": 32})
     batched = arrays(train(tmp_path, digits_store, spec, digits_spec, name="batched"))
-    monkeypatch.setattr(train_module, "EAGER_STATE_BYTES", eager_bytes)
+    monkeypatch.setattr(trajectory_store, "EAGER_STATE_BYTES", eager_bytes)
     path = train(tmp_path, digits_store, spec, digits_spec, checkpoint_flush_seconds=flush_seconds)
     other = arrays(path)
     assert sorted(other) == sorted(batched)

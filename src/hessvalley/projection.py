@@ -58,14 +58,8 @@ from hessvalley.path_store import (
 )
 from hessvalley.progress import progress
 from hessvalley.projection_plan import projection_grid, segment_grid
-from hessvalley.train import (
-    METRICS,
-    Trainer,
-    TrainState,
-    open_trajectory,
-    read_state,
-    trainer_for,
-)
+from hessvalley.train import Trainer, trainer_for
+from hessvalley.trajectory_store import METRICS, TrainState, open_trajectory, read_state
 
 # -- projection --------------------------------------------------------------------------------
 

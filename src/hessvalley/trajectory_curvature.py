@@ -31,7 +31,8 @@ from hessvalley.data import load_dataset
 from hessvalley.device import resolve_device
 from hessvalley.progress import progress
 from hessvalley.schedule import every_kth
-from hessvalley.train import open_trajectory, read_state, trainer_for
+from hessvalley.train import trainer_for
+from hessvalley.trajectory_store import open_trajectory, read_state
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
