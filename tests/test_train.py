@@ -27,6 +27,8 @@ from hessvalley.trajectory_store import METRICS, TrainState, TrajectoryWriter, r
 
 from .conftest import run_spec
 
+# In-process runs at the CLI jobs' --threads 1: the bits of a gradient depend on the count.
+pytestmark = pytest.mark.usefixtures("one_thread")
 BN_MODEL = {"name": "vgg11", "batch_norm": True, "width": 8}
 
 
@@ -100,55 +102,96 @@ def test_trajectory_contents(tmp_path, digits_store, digits_spec):
     assert data["batch_loss"][0] == pytest.approx(expected, rel=1e-6)
 
 
-def _cli_kwargs(spec, digits_spec, digits_store, output, seed=0):
-    return json.dumps(
-        {
-            "spec": spec,
-            "dataset_spec": digits_spec,
-            "setting": "r",
-            "seed": seed,
-            "data": digits_store,
-            "output": output,
-        }
-    )
+def train_command(spec, digits_spec, digits_store, output) -> list[str]:
+    """The arguments of ``hessvalley`` for the training job of ``spec``, at 1 torch thread."""
+    kwargs = {
+        "spec": spec,
+        "dataset_spec": digits_spec,
+        "setting": "r",
+        "seed": 0,
+        "data": digits_store,
+        "output": output,
+    }
+    return ["run", "train", "--kwargs", json.dumps(kwargs), "--threads", "1"]
 
 
-def test_resume_after_sigkill_is_exact(tmp_path, digits_store, digits_spec):
-    spec = run_spec(epochs=16, optimizer={"lr": 0.05, "momentum": 0.9, "batch_size": 4})
-    reference = train(tmp_path, digits_store, spec, digits_spec, name="reference")
+# The hessvalley CLI with training held at the start of one step (argv: the step, a file it
+# creates when there, then the CLI's arguments), so that a test signals the job at a known
+# point of the run however slow or loaded the machine is.
+PAUSED_CLI = """
+import sys, time
+from pathlib import Path
+from hessvalley import cli, train
+pause_step, marker = int(sys.argv[1]), Path(sys.argv[2])
+train_step = train.Trainer.train_step
+def paused(self, step):
+    if step == pause_step:
+        marker.touch()
+        time.sleep(120)
+    return train_step(self, step)
+train.Trainer.train_step = paused
+sys.exit(cli.main(sys.argv[3:]))
+"""
 
-    output = str(tmp_path / "killed.zarr")
-    command = [
-        sys.executable,
-        "-m",
-        "hessvalley",
-        "run",
-        "train",
-        "--kwargs",
-        _cli_kwargs(spec, digits_spec, digits_store, output),
-        "--threads",
-        "1",
-    ]
-    env = {**os.environ, "HESSVALLEY_CHECKPOINT_FLUSH_SECONDS": "0"}  # each checkpoint at once
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
-    )
-    partial = store.partial_path(output)
+
+def start_paused(args: list[str], pause_step: int, tmp_path: Path, env=None) -> subprocess.Popen:
+    """Start ``hessvalley <args>``; return once its training waits at ``pause_step``."""
+    marker = tmp_path / f"paused-{pause_step}"
+    command = [sys.executable, "-c", PAUSED_CLI, str(pause_step), str(marker), *args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if zarr.open_group(partial, mode="r").attrs.get("n_complete", 0) >= 3:
-                break
-        except Exception:
-            pass
+    while not marker.exists():
+        if process.poll() is not None or time.time() > deadline:
+            process.kill()
+            raise AssertionError(process.communicate()[0].decode()[-2000:])
         time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
+    return process
+
+
+def n_complete(path: Path) -> int:
+    return zarr.open_group(path, mode="r").attrs["n_complete"]
+
+
+def n_complete_now(path: Path) -> int:
+    """``n_complete`` of a store being written (a read may meet a half-written zarr.json)."""
+    try:
+        return n_complete(path)
+    except Exception:
+        return -1
+
+
+def kill_at_step(args: list[str], step: int, n_written: int, tmp_path: Path, output: str) -> None:
+    """SIGKILL a training job (checkpoints written at once) at ``step``, once its first
+    ``n_written`` checkpoints are on disk."""
+    env = {**os.environ, "HESSVALLEY_CHECKPOINT_FLUSH_SECONDS": "0"}
+    process = start_paused(args, step, tmp_path, env)
+    partial = store.partial_path(output)
+    deadline = time.time() + 60
+    while n_complete_now(partial) < n_written and time.time() < deadline:
+        time.sleep(0.02)  # the writer thread may still be writing the last one
+    process.kill()
     process.wait()
-    killed_at = zarr.open_group(partial, mode="r").attrs["n_complete"]
-    assert 3 <= killed_at < 17, "the kill must land mid-run"
+    assert n_complete(partial) == n_written
     assert not Path(output).exists(), "a killed run must not publish its store"
 
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
+
+# 8 steps per epoch, a checkpoint every 4 steps: 9 checkpoints at steps 0, 4, ..., 32.
+KILLED_SPEC = {
+    "epochs": 4,
+    "checkpoint_every": 4,
+    "optimizer": {"lr": 0.05, "momentum": 0.9, "batch_size": 32},
+}
+
+
+def test_resume_after_sigkill_is_exact(tmp_path, digits_store, digits_spec, capsys):
+    spec = run_spec(**KILLED_SPEC)
+    reference = train(tmp_path, digits_store, spec, digits_spec, name="reference")
+    output = str(tmp_path / "killed.zarr")
+    args = train_command(spec, digits_spec, digits_store, output)
+    kill_at_step(args, 13, 4, tmp_path, output)  # checkpoints 0-3 (steps 0-12) are on disk
+
+    train(tmp_path, digits_store, spec, digits_spec, name="killed")  # the job run again
+    assert "resuming r seed 0 from checkpoint 3 (step 12)" in capsys.readouterr().out
     got, want = arrays(output), arrays(reference)
     assert sorted(got) == sorted(want)
     for name in want:
@@ -159,31 +202,27 @@ def test_sigterm_writes_buffered_checkpoints_then_resume_is_exact(
     tmp_path, digits_store, digits_spec
 ):
     """scancel and SLURM preemption send SIGTERM: checkpoints still in the writer's buffer (the
-    default flush interval is far longer than this run) reach the disk before the exit."""
-    spec = run_spec(epochs=60, optimizer={"lr": 0.05, "momentum": 0.9, "batch_size": 4})
+    flush interval is far longer than this run) reach the disk before the exit."""
+    spec = run_spec(**KILLED_SPEC)
     reference = train(tmp_path, digits_store, spec, digits_spec, name="reference")
     output = str(tmp_path / "terminated.zarr")
-    command = [sys.executable, "-m", "hessvalley", "run", "train",
-               "--kwargs", _cli_kwargs(spec, digits_spec, digits_store, output),
-               "--threads", "1"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    args = train_command(spec, digits_spec, digits_store, output)
+    env = {**os.environ, "HESSVALLEY_CHECKPOINT_FLUSH_SECONDS": "3600"}
+    process = start_paused(args, 13, tmp_path, env)
     partial = store.partial_path(output)
-    deadline = time.time() + 120
-    while not (partial / "step" / "zarr.json").exists() and time.time() < deadline:
-        time.sleep(0.02)  # the arrays exist: training starts now
-    time.sleep(0.5)
+    assert n_complete(partial) == 0, "checkpoints 0-3 must still be in the buffer"
     process.send_signal(signal.SIGTERM)
     log = process.communicate(timeout=60)[0].decode()
     assert process.returncode == 128 + signal.SIGTERM, log[-2000:]
     group = zarr.open_group(partial, mode="r")
     kept = group.attrs["n_complete"]
-    assert 2 <= kept < 61, "the signal must land mid-run"
+    assert kept == 4
     assert f"checkpoint(s) before stopping; {kept} are on disk" in log
     want = arrays(reference)
     for name in ("params", "momentum", "step", "train_loss"):
         np.testing.assert_array_equal(group[name][:kept], want[name][:kept], err_msg=name)
 
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    train(tmp_path, digits_store, spec, digits_spec, name="terminated")  # the job run again
     got = arrays(output)
     assert sorted(got) == sorted(want)
     for name in want:
