@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from hessvalley.errors import HessvalleyError
 from hessvalley.losses import build_loss
 from hessvalley.models import build_model
 from hessvalley.schedule import checkpoint_steps
-from hessvalley.train import Trainer, epoch_order, replay, train_run
+from hessvalley.train import Trainer, epoch_order, replay, train_run, trainer_for
 from hessvalley.trajectory_store import METRICS, TrainState, TrajectoryWriter, read_state
 
 from .conftest import run_spec
@@ -40,6 +41,27 @@ def train(tmp_path: Path, digits_store: str, spec: dict, digits_spec: dict, name
 
 def arrays(path: str) -> dict[str, np.ndarray]:
     return store.read_arrays(path)
+
+
+def stepped_by_hand(trajectory, k: int, n_steps: int, data) -> TrainState:
+    """``n_steps`` SGD steps from checkpoint ``k`` at this process's torch thread count."""
+    group = trajectory if isinstance(trajectory, zarr.Group) else store.open_store(trajectory)
+    trainer = trainer_for(group, data=data)
+    state = read_state(group, k)
+    trainer.load_state(state)
+    for step in range(state.step, state.step + n_steps):
+        trainer.train_step(step)
+    return trainer.state(state.step + n_steps)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_checkpoint_schedule():
@@ -75,6 +97,68 @@ def test_replay_reproduces_every_checkpoint_bit_for_bit(tmp_path, digits_store, 
         assert not np.array_equal(group["buffers"][0], group["buffers"][-1])
 
 
+def test_replay_at_another_thread_count_runs_at_the_recorded_one(
+    tmp_path, digits_store, digits_spec, capsys
+):
+    spec = run_spec(epochs=1, checkpoint_every=4)  # batch 32: its bits depend on the threads
+    group = zarr.open_group(train(tmp_path, digits_store, spec, digits_spec), mode="r")
+    assert group.attrs["determinism"]["torch_threads"] == 1
+    data, end = load_dataset(digits_store), read_state(group, 2)
+    with torch_threads(2):
+        assert not torch.equal(stepped_by_hand(group, 0, 8, data).params, end.params), (
+            "the thread count must change the bits here, or this test proves nothing"
+        )
+        state = replay(group, 0, 8, data=data)
+        assert torch.get_num_threads() == 2
+    assert torch.equal(state.params, end.params)
+    assert torch.equal(state.momentum, end.momentum)
+    assert "running at the recorded 1 torch thread(s) (this process has 2)" in (
+        capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "recorded"),
+    [("torch_version", "1.13.1", "torch 1.13.1 on cpu"), ("device_type", "cuda", None)],
+    ids=["torch-version", "device-type"],
+)
+def test_resume_and_replay_refuse_another_torch_version_or_device(
+    tmp_path, digits_store, digits_spec, monkeypatch, key, value, recorded
+):
+    recorded = recorded or f"torch {torch.__version__} on cuda"
+    spec = run_spec(epochs=2, checkpoint_every=4)
+    output = str(tmp_path / "stopped.zarr")
+    evaluate, calls = Trainer.evaluate, []
+
+    def interrupted(self):
+        calls.append(self)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return evaluate(self)
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(Trainer, "evaluate", interrupted)
+        train_run(spec, digits_spec, "r", 0, digits_store, output)
+    partial = store.partial_path(output)
+    group = zarr.open_group(partial, mode="r+")
+    assert group.attrs["n_complete"] == 2
+    group.attrs["determinism"] = {**group.attrs["determinism"], key: value}
+    now = f"this process has torch {torch.__version__} on cpu"
+
+    with pytest.raises(HessvalleyError) as info:
+        train_run(spec, digits_spec, "r", 0, digits_store, output)
+    message = str(info.value)
+    assert message.startswith(f"resuming {partial}: cannot be reproduced exactly here")
+    assert f"it was computed with {recorded}, {now}; run it with" in message
+    assert "delete the store" in message and "\n" not in message
+    assert n_complete(partial) == 2 and not Path(output).exists()
+
+    with pytest.raises(HessvalleyError) as info:
+        replay(group, 0, 4, data=load_dataset(digits_store))
+    assert str(info.value).startswith(f"replaying {group.store}: cannot be reproduced")
+    assert f"it was computed with {recorded}, {now}" in str(info.value)
+
+
 def test_trajectory_contents(tmp_path, digits_store, digits_spec):
     spec = run_spec(epochs=3)
     path = train(tmp_path, digits_store, spec, digits_spec)
@@ -102,8 +186,8 @@ def test_trajectory_contents(tmp_path, digits_store, digits_spec):
     assert data["batch_loss"][0] == pytest.approx(expected, rel=1e-6)
 
 
-def train_command(spec, digits_spec, digits_store, output) -> list[str]:
-    """The arguments of ``hessvalley`` for the training job of ``spec``, at 1 torch thread."""
+def train_command(spec, digits_spec, digits_store, output, threads=1) -> list[str]:
+    """The arguments of ``hessvalley`` for the training job of ``spec``."""
     kwargs = {
         "spec": spec,
         "dataset_spec": digits_spec,
@@ -112,7 +196,7 @@ def train_command(spec, digits_spec, digits_store, output) -> list[str]:
         "data": digits_store,
         "output": output,
     }
-    return ["run", "train", "--kwargs", json.dumps(kwargs), "--threads", "1"]
+    return ["run", "train", "--kwargs", json.dumps(kwargs), "--threads", str(threads)]
 
 
 # The hessvalley CLI with training held at the start of one step (argv: the step, a file it
@@ -196,6 +280,38 @@ def test_resume_after_sigkill_is_exact(tmp_path, digits_store, digits_spec, caps
     assert sorted(got) == sorted(want)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_resume_at_another_thread_count_runs_at_the_recorded_one(
+    tmp_path, digits_store, digits_spec
+):
+    """A job killed at 1 torch thread and resumed with 2 (another --threads, or SLURM's
+    --cpus-per-task) finishes at 1, since the bits of a batch-32 gradient depend on it."""
+    spec = run_spec(**KILLED_SPEC)
+    reference = train(tmp_path, digits_store, spec, digits_spec, name="reference")
+    with torch_threads(2):
+        two_threads = stepped_by_hand(reference, 3, 4, load_dataset(digits_store))
+    assert not torch.equal(two_threads.params, read_state(store.open_store(reference), 4).params), (
+        "the thread count must change the bits here, or this test proves nothing"
+    )
+
+    output = str(tmp_path / "killed.zarr")
+    kill_at_step(train_command(spec, digits_spec, digits_store, output), 13, 4, tmp_path, output)
+    command = train_command(spec, digits_spec, digits_store, output, threads=2)
+    resumed = subprocess.run([sys.executable, "-m", "hessvalley", *command], capture_output=True)
+    log = (resumed.stdout + resumed.stderr).decode()
+    assert resumed.returncode == 0, log[-2000:]
+    got, want = arrays(output), arrays(reference)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert "running at the recorded 1 torch thread(s) (this process has 2)" in log
+    assert zarr.open_group(output, mode="r").attrs["determinism"] == {
+        "torch_threads": 1,
+        "torch_version": torch.__version__,
+        "device_type": "cpu",
+        "device_name": None,
+        "deterministic_algorithms": False,
+    }
 
 
 def test_sigterm_writes_buffered_checkpoints_then_resume_is_exact(

@@ -4,8 +4,9 @@
 BatchNorm buffers) at every ``checkpoint_every`` steps (see ``hessvalley.trajectory_store``),
 so any later step is reproduced bit for bit by ``replay``: the data order of epoch e comes
 from a generator seeded by (seed, e), mini-batches are index slices of the device-resident
-dataset, and nothing else is random. The projection's recursive bisection (Wei & Schwab
-§2.1.1) relies on this.
+dataset, and nothing else is random. Bits also depend on the torch thread count, version and
+device, which the store records and resume and replay reproduce (``hessvalley.determinism``).
+The projection's recursive bisection (Wei & Schwab §2.1.1) relies on this.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import zarr
 
-from hessvalley import store
+from hessvalley import determinism, store
 from hessvalley.data import DeviceDataset, load_dataset
 from hessvalley.device import resolve_device
 from hessvalley.errors import HessvalleyError
@@ -198,7 +199,8 @@ def train_run(
 ) -> None:
     """Train one seed of run ``setting`` and write its trajectory store to ``output``.
 
-    Resumes from ``<output>.partial`` when an earlier attempt of the same config was killed.
+    Resumes from ``<output>.partial`` when an earlier attempt of the same config was killed,
+    under the torch thread count that attempt recorded (``determinism.reproducing``).
     Checkpoints reach the partial store in batches, at most ``checkpoint_flush_seconds``
     apart (see ``TrajectoryWriter``); SIGTERM (scancel, preemption) and Ctrl-C write the
     pending ones before the process exits.
@@ -214,27 +216,26 @@ def train_run(
     group, resumed = store.open_partial(output, store.config_hash(identity))
 
     done = int(group.attrs.get("n_complete", 0)) if resumed else 0
-    arrays = None  # the writer opens a resumed store's arrays
     if done:
+        recorded = group.attrs.get("determinism")  # None in stores written before the record
         state = read_state(group, done - 1)
         trainer.load_state(state)
         print(f"resuming {setting} seed {seed} from checkpoint {done - 1} (step {state.step})")
     else:
+        recorded = determinism.record(device)  # a new run keeps this process's conditions
         if init is not None:
             parent = read_state(open_trajectory(init), -1)
             trainer.load_state(TrainState(parent.params, None, parent.buffers, 0))
-        attrs = {
-            **store.provenance(identity, seed=seed),
-            "run": spec,
-            "setting": setting,
-            "data": data,
-            "init_from": init,
-        }
-        arrays = _new_trajectory(group, trainer, steps, every, attrs)
-    with checkpoint_writer(
-        group, trainer.steps_per_epoch, checkpoint_flush_seconds, arrays
-    ) as writer:
-        _train_loop(trainer, writer, setting, seed, steps, done)
+    with determinism.reproducing(recorded, device, f"resuming {store.partial_path(output)}"):
+        arrays = None  # the writer opens a resumed store's arrays
+        if not done:
+            attrs = {"run": spec, "setting": setting, "data": data, "init_from": init}
+            attrs["determinism"] = determinism.record(device)  # CUDA: deterministic mode on
+            arrays = _new_trajectory(group, trainer, steps, every, identity, attrs)
+        with checkpoint_writer(
+            group, trainer.steps_per_epoch, checkpoint_flush_seconds, arrays
+        ) as writer:
+            _train_loop(trainer, writer, setting, seed, steps, done)
     store.publish(output)
 
 
@@ -243,10 +244,11 @@ def _new_trajectory(
     trainer: Trainer,
     steps: list[int],
     every: int,
+    identity: Mapping[str, Any],
     attrs: Mapping[str, Any],
 ) -> dict[str, zarr.Array]:
     """Create the arrays and attrs of ``trainer``'s run with checkpoints at ``steps`` (every
-    ``every`` steps and the last)."""
+    ``every`` steps and the last); ``identity`` is what the run's config hash covers."""
     total = steps[-1]
     return create_trajectory(
         group,
@@ -257,6 +259,7 @@ def _new_trajectory(
         momentum=trainer.optimizer.defaults["momentum"] > 0,
         grad_cosine=bool(trainer.spec.get("log_grad_cosine", False)),
         attrs={
+            **store.provenance(identity, seed=identity["seed"]),
             **attrs,
             "n_train": trainer.data.n_train,
             "batch_size": trainer.batch_size,
@@ -381,11 +384,14 @@ def replay(
     device: str | torch.device = "cpu",
     data: DeviceDataset | None = None,
 ) -> TrainState:
-    """The exact state ``n_steps`` SGD steps after checkpoint ``checkpoint`` of a trajectory."""
+    """The exact state ``n_steps`` SGD steps after checkpoint ``checkpoint`` of a trajectory,
+    computed under the conditions the trajectory recorded (``determinism.reproducing``)."""
     group = open_trajectory(trajectory)
     trainer = trainer_for(group, device, data)
     state = read_state(group, checkpoint)
     trainer.load_state(state)
-    for step in range(state.step, state.step + n_steps):
-        trainer.train_step(step)
+    recorded = group.attrs.get("determinism")
+    with determinism.reproducing(recorded, trainer.device, f"replaying {group.store}"):
+        for step in range(state.step, state.step + n_steps):
+            trainer.train_step(step)
     return trainer.state(state.step + n_steps)
