@@ -59,9 +59,11 @@ from unittest import mock
 import torch
 
 from hessvalley import train as train_module
+from hessvalley import trajectory_store
 from hessvalley.config import validate_config
 from hessvalley.data import build_dataset_store, load_dataset
-from hessvalley.train import DEFAULT_FLUSH_SECONDS, Trainer, train_run
+from hessvalley.train import Trainer, train_run
+from hessvalley.trajectory_store import DEFAULT_FLUSH_SECONDS
 
 MODELS = {
     "mlp": {"name": "mlp", "widths": [64, 64]},
@@ -201,7 +203,7 @@ def main() -> None:
 
     steps_per_epoch = 1347 // args.batch_size
     steps = args.epochs * steps_per_epoch
-    eager = state_bytes >= train_module.EAGER_STATE_BYTES
+    eager = state_bytes >= trajectory_store.EAGER_STATE_BYTES
     print(
         f"model {args.model} ({n_params} params, {state_bytes / 2**20:.2f} MiB per checkpoint, "
         f"{'eager' if eager else 'batched'} state writes), {args.epochs} epochs x "

@@ -34,7 +34,8 @@ from hessvalley.data import build_dataset_store, load_dataset
 from hessvalley.projection.gd import gd_trainer, project
 from hessvalley.projection.interpolation import PointLosses, interpolation_alphas, line_points
 from hessvalley.projection.replay import SGDStates
-from hessvalley.train import read_state, train_run, trainer_for
+from hessvalley.train import train_run, trainer_for
+from hessvalley.trajectory_store import read_state
 
 # The embedded default's projected runs (config/config.yaml).
 SETTINGS = {

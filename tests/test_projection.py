@@ -44,14 +44,9 @@ from hessvalley.projection.segment import project_segment
 from hessvalley.projection.trace import path_trace
 from hessvalley.schedule import checkpoint_steps, run_checkpoint_steps
 from hessvalley.stats import slope_fit
-from hessvalley.train import (
-    METRICS,
-    TrainState,
-    read_state,
-    train_run,
-    trainer_for,
-)
+from hessvalley.train import train_run, trainer_for
 from hessvalley.trajectory_curvature import trace_along_trajectory
+from hessvalley.trajectory_store import METRICS, TrainState, read_state
 
 from .conftest import REPO, make_config, run_spec
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -16,26 +17,19 @@ import pytest
 import torch
 import zarr
 
-from hessvalley import store
-from hessvalley import train as train_module
+from hessvalley import store, trajectory_store
 from hessvalley.data import load_dataset
 from hessvalley.errors import HessvalleyError
 from hessvalley.losses import build_loss
 from hessvalley.models import build_model
 from hessvalley.schedule import checkpoint_steps
-from hessvalley.train import (
-    METRICS,
-    Trainer,
-    TrainState,
-    TrajectoryWriter,
-    epoch_order,
-    read_state,
-    replay,
-    train_run,
-)
+from hessvalley.train import Trainer, epoch_order, replay, train_run, trainer_for
+from hessvalley.trajectory_store import METRICS, TrainState, TrajectoryWriter, read_state
 
 from .conftest import run_spec
 
+# In-process runs at the CLI jobs' --threads 1: the bits of a gradient depend on the count.
+pytestmark = pytest.mark.usefixtures("one_thread")
 BN_MODEL = {"name": "vgg11", "batch_norm": True, "width": 8}
 
 
@@ -47,6 +41,27 @@ def train(tmp_path: Path, digits_store: str, spec: dict, digits_spec: dict, name
 
 def arrays(path: str) -> dict[str, np.ndarray]:
     return store.read_arrays(path)
+
+
+def stepped_by_hand(trajectory, k: int, n_steps: int, data) -> TrainState:
+    """``n_steps`` SGD steps from checkpoint ``k`` at this process's torch thread count."""
+    group = trajectory if isinstance(trajectory, zarr.Group) else store.open_store(trajectory)
+    trainer = trainer_for(group, data=data)
+    state = read_state(group, k)
+    trainer.load_state(state)
+    for step in range(state.step, state.step + n_steps):
+        trainer.train_step(step)
+    return trainer.state(state.step + n_steps)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_checkpoint_schedule():
@@ -82,6 +97,68 @@ def test_replay_reproduces_every_checkpoint_bit_for_bit(tmp_path, digits_store, 
         assert not np.array_equal(group["buffers"][0], group["buffers"][-1])
 
 
+def test_replay_at_another_thread_count_runs_at_the_recorded_one(
+    tmp_path, digits_store, digits_spec, capsys
+):
+    spec = run_spec(epochs=1, checkpoint_every=4)  # batch 32: its bits depend on the threads
+    group = zarr.open_group(train(tmp_path, digits_store, spec, digits_spec), mode="r")
+    assert group.attrs["determinism"]["torch_threads"] == 1
+    data, end = load_dataset(digits_store), read_state(group, 2)
+    with torch_threads(2):
+        assert not torch.equal(stepped_by_hand(group, 0, 8, data).params, end.params), (
+            "the thread count must change the bits here, or this test proves nothing"
+        )
+        state = replay(group, 0, 8, data=data)
+        assert torch.get_num_threads() == 2
+    assert torch.equal(state.params, end.params)
+    assert torch.equal(state.momentum, end.momentum)
+    assert "running at the recorded 1 torch thread(s) (this process has 2)" in (
+        capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "recorded"),
+    [("torch_version", "1.13.1", "torch 1.13.1 on cpu"), ("device_type", "cuda", None)],
+    ids=["torch-version", "device-type"],
+)
+def test_resume_and_replay_refuse_another_torch_version_or_device(
+    tmp_path, digits_store, digits_spec, monkeypatch, key, value, recorded
+):
+    recorded = recorded or f"torch {torch.__version__} on cuda"
+    spec = run_spec(epochs=2, checkpoint_every=4)
+    output = str(tmp_path / "stopped.zarr")
+    evaluate, calls = Trainer.evaluate, []
+
+    def interrupted(self):
+        calls.append(self)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return evaluate(self)
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(Trainer, "evaluate", interrupted)
+        train_run(spec, digits_spec, "r", 0, digits_store, output)
+    partial = store.partial_path(output)
+    group = zarr.open_group(partial, mode="r+")
+    assert group.attrs["n_complete"] == 2
+    group.attrs["determinism"] = {**group.attrs["determinism"], key: value}
+    now = f"this process has torch {torch.__version__} on cpu"
+
+    with pytest.raises(HessvalleyError) as info:
+        train_run(spec, digits_spec, "r", 0, digits_store, output)
+    message = str(info.value)
+    assert message.startswith(f"resuming {partial}: cannot be reproduced exactly here")
+    assert f"it was computed with {recorded}, {now}; run it with" in message
+    assert "delete the store" in message and "\n" not in message
+    assert n_complete(partial) == 2 and not Path(output).exists()
+
+    with pytest.raises(HessvalleyError) as info:
+        replay(group, 0, 4, data=load_dataset(digits_store))
+    assert str(info.value).startswith(f"replaying {group.store}: cannot be reproduced")
+    assert f"it was computed with {recorded}, {now}" in str(info.value)
+
+
 def test_trajectory_contents(tmp_path, digits_store, digits_spec):
     spec = run_spec(epochs=3)
     path = train(tmp_path, digits_store, spec, digits_spec)
@@ -109,90 +186,159 @@ def test_trajectory_contents(tmp_path, digits_store, digits_spec):
     assert data["batch_loss"][0] == pytest.approx(expected, rel=1e-6)
 
 
-def _cli_kwargs(spec, digits_spec, digits_store, output, seed=0):
-    return json.dumps(
-        {
-            "spec": spec,
-            "dataset_spec": digits_spec,
-            "setting": "r",
-            "seed": seed,
-            "data": digits_store,
-            "output": output,
-        }
-    )
+def train_command(spec, digits_spec, digits_store, output, threads=1) -> list[str]:
+    """The arguments of ``hessvalley`` for the training job of ``spec``."""
+    kwargs = {
+        "spec": spec,
+        "dataset_spec": digits_spec,
+        "setting": "r",
+        "seed": 0,
+        "data": digits_store,
+        "output": output,
+    }
+    return ["run", "train", "--kwargs", json.dumps(kwargs), "--threads", str(threads)]
 
 
-def test_resume_after_sigkill_is_exact(tmp_path, digits_store, digits_spec):
-    spec = run_spec(epochs=16, optimizer={"lr": 0.05, "momentum": 0.9, "batch_size": 4})
-    reference = train(tmp_path, digits_store, spec, digits_spec, name="reference")
+# The hessvalley CLI with training held at the start of one step (argv: the step, a file it
+# creates when there, then the CLI's arguments), so that a test signals the job at a known
+# point of the run however slow or loaded the machine is.
+PAUSED_CLI = """
+import sys, time
+from pathlib import Path
+from hessvalley import cli, train
+pause_step, marker = int(sys.argv[1]), Path(sys.argv[2])
+train_step = train.Trainer.train_step
+def paused(self, step):
+    if step == pause_step:
+        marker.touch()
+        time.sleep(120)
+    return train_step(self, step)
+train.Trainer.train_step = paused
+sys.exit(cli.main(sys.argv[3:]))
+"""
 
-    output = str(tmp_path / "killed.zarr")
-    command = [
-        sys.executable,
-        "-m",
-        "hessvalley",
-        "run",
-        "train",
-        "--kwargs",
-        _cli_kwargs(spec, digits_spec, digits_store, output),
-        "--threads",
-        "1",
-    ]
-    env = {**os.environ, "HESSVALLEY_CHECKPOINT_FLUSH_SECONDS": "0"}  # each checkpoint at once
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
-    )
-    partial = store.partial_path(output)
+
+def start_paused(args: list[str], pause_step: int, tmp_path: Path, env=None) -> subprocess.Popen:
+    """Start ``hessvalley <args>``; return once its training waits at ``pause_step``."""
+    marker = tmp_path / f"paused-{pause_step}"
+    command = [sys.executable, "-c", PAUSED_CLI, str(pause_step), str(marker), *args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if zarr.open_group(partial, mode="r").attrs.get("n_complete", 0) >= 3:
-                break
-        except Exception:
-            pass
+    while not marker.exists():
+        if process.poll() is not None or time.time() > deadline:
+            process.kill()
+            raise AssertionError(process.communicate()[0].decode()[-2000:])
         time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
+    return process
+
+
+def n_complete(path: Path) -> int:
+    return zarr.open_group(path, mode="r").attrs["n_complete"]
+
+
+def n_complete_now(path: Path) -> int:
+    """``n_complete`` of a store being written (a read may meet a half-written zarr.json)."""
+    try:
+        return n_complete(path)
+    except Exception:
+        return -1
+
+
+def kill_at_step(args: list[str], step: int, n_written: int, tmp_path: Path, output: str) -> None:
+    """SIGKILL a training job (checkpoints written at once) at ``step``, once its first
+    ``n_written`` checkpoints are on disk."""
+    env = {**os.environ, "HESSVALLEY_CHECKPOINT_FLUSH_SECONDS": "0"}
+    process = start_paused(args, step, tmp_path, env)
+    partial = store.partial_path(output)
+    deadline = time.time() + 60
+    while n_complete_now(partial) < n_written and time.time() < deadline:
+        time.sleep(0.02)  # the writer thread may still be writing the last one
+    process.kill()
     process.wait()
-    killed_at = zarr.open_group(partial, mode="r").attrs["n_complete"]
-    assert 3 <= killed_at < 17, "the kill must land mid-run"
+    assert n_complete(partial) == n_written
     assert not Path(output).exists(), "a killed run must not publish its store"
 
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
+
+# 8 steps per epoch, a checkpoint every 4 steps: 9 checkpoints at steps 0, 4, ..., 32.
+KILLED_SPEC = {
+    "epochs": 4,
+    "checkpoint_every": 4,
+    "optimizer": {"lr": 0.05, "momentum": 0.9, "batch_size": 32},
+}
+
+
+def test_resume_after_sigkill_is_exact(tmp_path, digits_store, digits_spec, capsys):
+    spec = run_spec(**KILLED_SPEC)
+    reference = train(tmp_path, digits_store, spec, digits_spec, name="reference")
+    output = str(tmp_path / "killed.zarr")
+    args = train_command(spec, digits_spec, digits_store, output)
+    kill_at_step(args, 13, 4, tmp_path, output)  # checkpoints 0-3 (steps 0-12) are on disk
+
+    train(tmp_path, digits_store, spec, digits_spec, name="killed")  # the job run again
+    assert "resuming r seed 0 from checkpoint 3 (step 12)" in capsys.readouterr().out
     got, want = arrays(output), arrays(reference)
     assert sorted(got) == sorted(want)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
+def test_resume_at_another_thread_count_runs_at_the_recorded_one(
+    tmp_path, digits_store, digits_spec
+):
+    """A job killed at 1 torch thread and resumed with 2 (another --threads, or SLURM's
+    --cpus-per-task) finishes at 1, since the bits of a batch-32 gradient depend on it."""
+    spec = run_spec(**KILLED_SPEC)
+    reference = train(tmp_path, digits_store, spec, digits_spec, name="reference")
+    with torch_threads(2):
+        two_threads = stepped_by_hand(reference, 3, 4, load_dataset(digits_store))
+    assert not torch.equal(two_threads.params, read_state(store.open_store(reference), 4).params), (
+        "the thread count must change the bits here, or this test proves nothing"
+    )
+
+    output = str(tmp_path / "killed.zarr")
+    kill_at_step(train_command(spec, digits_spec, digits_store, output), 13, 4, tmp_path, output)
+    command = train_command(spec, digits_spec, digits_store, output, threads=2)
+    resumed = subprocess.run([sys.executable, "-m", "hessvalley", *command], capture_output=True)
+    log = (resumed.stdout + resumed.stderr).decode()
+    assert resumed.returncode == 0, log[-2000:]
+    got, want = arrays(output), arrays(reference)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert "running at the recorded 1 torch thread(s) (this process has 2)" in log
+    assert zarr.open_group(output, mode="r").attrs["determinism"] == {
+        "torch_threads": 1,
+        "torch_version": torch.__version__,
+        "device_type": "cpu",
+        "device_name": None,
+        "deterministic_algorithms": False,
+    }
+
+
 def test_sigterm_writes_buffered_checkpoints_then_resume_is_exact(
     tmp_path, digits_store, digits_spec
 ):
     """scancel and SLURM preemption send SIGTERM: checkpoints still in the writer's buffer (the
-    default flush interval is far longer than this run) reach the disk before the exit."""
-    spec = run_spec(epochs=60, optimizer={"lr": 0.05, "momentum": 0.9, "batch_size": 4})
+    flush interval is far longer than this run) reach the disk before the exit."""
+    spec = run_spec(**KILLED_SPEC)
     reference = train(tmp_path, digits_store, spec, digits_spec, name="reference")
     output = str(tmp_path / "terminated.zarr")
-    command = [sys.executable, "-m", "hessvalley", "run", "train",
-               "--kwargs", _cli_kwargs(spec, digits_spec, digits_store, output),
-               "--threads", "1"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    args = train_command(spec, digits_spec, digits_store, output)
+    env = {**os.environ, "HESSVALLEY_CHECKPOINT_FLUSH_SECONDS": "3600"}
+    process = start_paused(args, 13, tmp_path, env)
     partial = store.partial_path(output)
-    deadline = time.time() + 120
-    while not (partial / "step" / "zarr.json").exists() and time.time() < deadline:
-        time.sleep(0.02)  # the arrays exist: training starts now
-    time.sleep(0.5)
+    assert n_complete(partial) == 0, "checkpoints 0-3 must still be in the buffer"
     process.send_signal(signal.SIGTERM)
     log = process.communicate(timeout=60)[0].decode()
     assert process.returncode == 128 + signal.SIGTERM, log[-2000:]
     group = zarr.open_group(partial, mode="r")
     kept = group.attrs["n_complete"]
-    assert 2 <= kept < 61, "the signal must land mid-run"
+    assert kept == 4
     assert f"checkpoint(s) before stopping; {kept} are on disk" in log
     want = arrays(reference)
     for name in ("params", "momentum", "step", "train_loss"):
         np.testing.assert_array_equal(group[name][:kept], want[name][:kept], err_msg=name)
 
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    train(tmp_path, digits_store, spec, digits_spec, name="terminated")  # the job run again
     got = arrays(output)
     assert sorted(got) == sorted(want)
     for name in want:
@@ -211,7 +357,7 @@ def test_checkpoint_write_modes_store_the_same_trajectory(
     checkpoint, and states written at each checkpoint all store the same bytes."""
     spec = run_spec(epochs=3, optimizer={"lr": 0.05, "momentum": 0.9, "batch_size": 32})
     batched = arrays(train(tmp_path, digits_store, spec, digits_spec, name="batched"))
-    monkeypatch.setattr(train_module, "EAGER_STATE_BYTES", eager_bytes)
+    monkeypatch.setattr(trajectory_store, "EAGER_STATE_BYTES", eager_bytes)
     path = train(tmp_path, digits_store, spec, digits_spec, checkpoint_flush_seconds=flush_seconds)
     other = arrays(path)
     assert sorted(other) == sorted(batched)

@@ -15,12 +15,13 @@ from hessvalley.curvature.trace import trace_budget
 from hessvalley.data import load_dataset
 from hessvalley.figures.curvature import curvature_figure
 from hessvalley.schedule import every_kth
-from hessvalley.train import open_trajectory, read_state, train_run, trainer_for
+from hessvalley.train import train_run, trainer_for
 from hessvalley.trajectory_curvature import (
     eigen_along_trajectory,
     spectrum_along_trajectory,
     trace_along_trajectory,
 )
+from hessvalley.trajectory_store import open_trajectory, read_state
 
 from .conftest import make_config, run_spec
 

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import torch
 
+from hessvalley.determinism import use_deterministic_cublas
+
 
 def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is an error, not a fallback."""
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error, not a fallback.
+
+    Choosing CUDA also asks cuBLAS for its deterministic workspace, before the first CUDA
+    computation reads it, so that library callers get exact training and replay too."""
     if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+        use_deterministic_cublas()
     return device

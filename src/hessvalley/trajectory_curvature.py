@@ -35,7 +35,8 @@ from hessvalley.device import resolve_device
 from hessvalley.hessian_keys import hessian_keys
 from hessvalley.progress import progress
 from hessvalley.schedule import every_kth
-from hessvalley.train import open_trajectory, read_state, trainer_for
+from hessvalley.train import trainer_for
+from hessvalley.trajectory_store import open_trajectory, read_state
 
 
 class CheckpointHessians:

@@ -26,7 +26,8 @@ from hessvalley.projection.gd import Projection, gd_trainer, project
 from hessvalley.projection.interpolation import PointLosses, interpolation_alphas, line_points
 from hessvalley.projection.outcomes import BARRIER, CONNECTED, NOT_CONVERGED
 from hessvalley.projection.replay import SGDStates, bisection_midpoints
-from hessvalley.train import TrainState, trainer_for
+from hessvalley.train import trainer_for
+from hessvalley.trajectory_store import TrainState
 
 
 @dataclass

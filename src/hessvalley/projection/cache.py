@@ -13,7 +13,7 @@ import zarr
 
 from hessvalley import store
 from hessvalley.projection.gd import Projection
-from hessvalley.train import METRICS
+from hessvalley.trajectory_store import METRICS
 
 
 class ProjectionCache:

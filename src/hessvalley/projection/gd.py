@@ -17,7 +17,8 @@ from torch import Tensor
 from hessvalley.data import DeviceDataset
 from hessvalley.models import has_batch_norm
 from hessvalley.projection.outcomes import CONVERGED, DIVERGED, STEP_CAP
-from hessvalley.train import Trainer, TrainState, open_trajectory, trainer_for
+from hessvalley.train import Trainer, trainer_for
+from hessvalley.trajectory_store import TrainState, open_trajectory
 
 
 @dataclass

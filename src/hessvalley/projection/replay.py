@@ -12,7 +12,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import zarr
 
-from hessvalley.train import Trainer, TrainState, read_state
+from hessvalley.train import Trainer
+from hessvalley.trajectory_store import TrainState, read_state
 
 
 def state_bytes(state: TrainState) -> int:

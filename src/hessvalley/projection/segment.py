@@ -17,6 +17,7 @@ import zarr
 
 from hessvalley import store
 from hessvalley.data import load_dataset
+from hessvalley.determinism import reproducing
 from hessvalley.device import resolve_device
 from hessvalley.errors import HessvalleyError
 from hessvalley.progress import progress
@@ -25,7 +26,7 @@ from hessvalley.projection.cache import ProjectionCache
 from hessvalley.projection.interpolation import interpolation_alphas
 from hessvalley.projection.outcomes import counts
 from hessvalley.projection.plan import projection_grid, segment_grid
-from hessvalley.train import open_trajectory
+from hessvalley.trajectory_store import open_trajectory
 
 
 def _point_arrays(points: Sequence[Point], steps_per_epoch: int, grid_steps: set[int]):
@@ -132,10 +133,13 @@ def project_segment(
     projector = PathProjector(group, dataset, settings, device, cache)
     steps = np.asarray(group["step"][...])
     a, b = int(steps[grid[0]]), int(steps[grid[-1]])
-    bar = progress(total=b - a, desc=f"{setting} seed {seed} segment {segment}", unit="step")
     start = time.perf_counter()
-    result = projector.bisect(grid, bar)
-    bar.close()
+    # Bisection replays SGD exactly from the stored checkpoints: under the recorded conditions.
+    recorded = group.attrs.get("determinism")
+    with reproducing(recorded, device, f"projection of {trajectory}"):
+        desc = f"{setting} seed {seed} segment {segment}"
+        with progress(total=b - a, desc=desc, unit="step") as bar:
+            result = projector.bisect(grid, bar)
     arrays = segment_arrays(result, group, settings, grid)
     summary = counts(arrays["converged"][1], arrays["cause"][1])
     timings = {**result.timings, "total": time.perf_counter() - start}
@@ -148,6 +152,7 @@ def project_segment(
         "run": group.attrs["run"],
         "steps_per_epoch": int(group.attrs["steps_per_epoch"]),
         "grid_checkpoints": grid,
+        "determinism": recorded,
         "steps": [a, b],
         "loss_threshold": settings["loss_threshold"],
         "n_bisections": result.n_bisections,

@@ -28,7 +28,7 @@ from hessvalley.losses import build_loss
 from hessvalley.models import build_model
 from hessvalley.progress import progress
 from hessvalley.stats import slope_fit
-from hessvalley.train import open_trajectory
+from hessvalley.trajectory_store import open_trajectory
 
 POINT_ARRAYS = ("step", "epoch", "train_loss", "val_loss", "converged", "on_grid")
 
