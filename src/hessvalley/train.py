@@ -24,6 +24,7 @@ from hessvalley import determinism, store
 from hessvalley.data import DeviceDataset, load_dataset
 from hessvalley.device import resolve_device
 from hessvalley.errors import HessvalleyError
+from hessvalley.evaluation import loss_and_accuracy
 from hessvalley.flat import buffer_layout, flatten, param_layout, unflatten_into
 from hessvalley.losses import build_loss
 from hessvalley.models import build_model
@@ -166,23 +167,13 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Full training and validation loss/accuracy in eval mode (chunked)."""
-        was_training = self.model.training
-        self.model.eval()
         out = {}
         for split, x, y in (
             ("train", self.data.x_train, self.data.y_train),
             ("val", self.data.x_val, self.data.y_val),
         ):
-            n = y.shape[0]
-            loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-            correct = torch.zeros((), dtype=torch.int64, device=self.device)
-            for part in self._chunks(None, n):
-                logits = self.model(x[part])
-                loss_sum += self.loss_fn(logits, y[part]).double() * y[part].shape[0]
-                correct += (logits.argmax(-1) == y[part]).sum()
-            out[f"{split}_loss"] = (loss_sum / max(n, 1)).item()
-            out[f"{split}_acc"] = (correct.double() / max(n, 1)).item()
-        self.model.train(was_training)
+            loss, accuracy = loss_and_accuracy(self.model, self.loss_fn, x, y, self.chunk)
+            out[f"{split}_loss"], out[f"{split}_acc"] = loss, accuracy
         return out
 
 

@@ -15,6 +15,7 @@ import zarr
 from torch import Tensor
 
 from hessvalley.data import DeviceDataset
+from hessvalley.evaluation import loss_and_accuracy
 from hessvalley.models import has_batch_norm
 from hessvalley.projection.outcomes import CONVERGED, DIVERGED, STEP_CAP
 from hessvalley.train import Trainer, trainer_for
@@ -40,15 +41,10 @@ class Projection:
 @torch.no_grad()
 def full_train_loss(trainer: Trainer) -> float:
     """Eval-mode mean loss over the trainer's training set (chunked), as ``evaluate``."""
-    was_training = trainer.model.training
-    trainer.model.eval()
-    x, y = trainer.data.x_train, trainer.data.y_train
-    total = torch.zeros((), dtype=torch.float64, device=trainer.device)
-    for start in range(0, len(y), trainer.chunk):
-        part = slice(start, start + trainer.chunk)
-        total += trainer.loss_fn(trainer.model(x[part]), y[part]).double() * len(y[part])
-    trainer.model.train(was_training)
-    return (total / len(y)).item()
+    data = trainer.data
+    return loss_and_accuracy(
+        trainer.model, trainer.loss_fn, data.x_train, data.y_train, trainer.chunk
+    )[0]
 
 
 def gd_trainer(
