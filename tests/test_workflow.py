@@ -12,16 +12,19 @@ import pytest
 import xarray as xr
 import yaml
 
+from hessvalley.verify import verify_main
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
                "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
                "--cores", "2", *args]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
@@ -69,6 +72,37 @@ def test_tiny_workflow_produces_every_artifact(workdir):
         with xr.open_zarr(curvature / "spectrum.zarr") as ds:
             assert ds.attrs["method"] == "exact" and ds.sizes["eigen"] == 1210
     assert (workdir / "results/figures/tiny_mlp_curvature.png").stat().st_size > 1000
+
+
+def test_verify_finds_every_store_of_a_fresh_run_good(workdir, capsys):
+    assert verify_main([str(workdir / "results"), str(workdir / "resources")]) == 0
+    summary = capsys.readouterr().out.splitlines()[-1]
+    assert re.fullmatch(
+        r"(\d+) store\(s\) checked: \1 good, 0 damaged; 0 interrupted \(.partial\)", summary
+    )
+    assert int(summary.split()[0]) >= 12  # 2 trajectories, 6 curvature, 3 toy, 1 dataset
+
+
+def test_damaged_trajectory_is_named_by_verify_and_fails_its_curvature_job(
+    workdir, tmp_path, capsys
+):
+    copy = Path(shutil.copytree(workdir, tmp_path / "copy", symlinks=True))
+    trajectory = copy / "results/tiny_mlp/seed0/trajectory.zarr"
+    (trajectory / "params/c/0/0").unlink()
+    assert verify_main([str(copy / "results")]) == 1
+    out = capsys.readouterr().out
+    assert f"DAMAGED {trajectory}: array 'params' has 0 of 1 chunks (missing c/0/0)" in out
+
+    trace = "results/tiny_mlp/seed0/curvature/trace.zarr"
+    shutil.rmtree(copy / trace)
+    result = snakemake(copy, trace, check=False)
+    assert result.returncode != 0
+    assert (
+        "hessvalley curvature_trace: store results/tiny_mlp/seed0/trajectory.zarr is damaged: "
+        "array 'params' has 0 of 1 chunks (missing c/0/0); delete it (rm -r "
+        "results/tiny_mlp/seed0/trajectory.zarr) and re-run snakemake"
+    ) in result.stderr
+    assert not (copy / trace).exists()
 
 
 def test_second_run_has_nothing_to_do(workdir):
