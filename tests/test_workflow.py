@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 import xarray as xr
 import yaml
 
+from hessvalley import store_lock
 from hessvalley.verify import verify_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,6 +106,28 @@ def test_damaged_trajectory_is_named_by_verify_and_fails_its_curvature_job(
         "results/tiny_mlp/seed0/trajectory.zarr) and re-run snakemake"
     ) in result.stderr
     assert not (copy / trace).exists()
+
+
+def test_live_store_lock_refuses_a_run_and_warns_a_dry_run(workdir):
+    """Jobs of an earlier Snakemake still writing a store (here this process holds its lock):
+    a dry run warns; a run refuses before any job runs or any output is deleted."""
+    trajectory = workdir / "results/tiny_mlp/seed0/trajectory.zarr"
+    figure = workdir / "results/figures/tiny_mlp_training.pdf"
+    drawn = figure.stat().st_mtime_ns
+    store_lock.acquire(trajectory)
+    try:
+        dry = snakemake(workdir, "-n", "--forcerun", "training_figure")
+        refused = snakemake(workdir, "--forcerun", "training_figure", check=False)
+    finally:
+        store_lock.release(trajectory)
+    holder = f"trajectory.zarr (host {socket.gethostname()}, PID {os.getpid()}, since "
+    warned, refusal = dry.stdout + dry.stderr, refused.stdout + refused.stderr
+    assert "Warning: 1 store(s) are being written by jobs that are still running" in warned
+    assert holder in warned and "training_figure        1" in warned
+    assert refused.returncode != 0 and "WorkflowError" in refusal and holder in refusal
+    assert "wait for those jobs to finish (squeue --me) or cancel them (scancel" in refusal
+    assert figure.stat().st_mtime_ns == drawn
+    assert planned_jobs(workdir) == {}
 
 
 def test_second_run_has_nothing_to_do(workdir):

@@ -5,9 +5,11 @@ Every rule writes one store. A store is built under ``<path>.partial`` and renam
 (Snakemake's ``--rerun-incomplete`` and a human reading ``results/`` both see either
 nothing or the whole thing). Long jobs resume from what the partial store holds.
 
-Every chunk carries a crc32c checksum and is written even when it equals the fill value, and
-readers open published stores through ``open_store``, which checks them complete and names
-the store and the array when a chunk does not decode (``integrity``).
+The job writing a store holds its lock (``store_lock``) from the moment it opens the partial
+store until it publishes it, so a second writer fails before it touches either. Every chunk
+carries a crc32c checksum and is written even when it equals the fill value, and readers open
+published stores through ``open_store``, which checks them complete and names the store and
+the array when a chunk does not decode (``integrity``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from hessvalley import integrity
+from hessvalley import integrity, store_lock
 from hessvalley.integrity import CheckedGroup
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -91,13 +93,15 @@ def partial_path(path: str | os.PathLike) -> Path:
 
 
 def open_partial(path: str | os.PathLike, spec_hash: str) -> tuple[CheckedGroup, bool]:
-    """Open ``<path>.partial`` for writing; reuse it only if it was made by the same config.
+    """Lock ``path`` for this job (``StoreBusyError`` if another job holds it) and open
+    ``<path>.partial`` for writing; reuse it only if it was made by the same config.
 
     Returns the group and whether an earlier attempt's content was kept (resume). Reads of a
     kept store that fail to decode raise ``StoreError`` telling to delete it: Zarr writes each
     chunk file atomically, so a killed writer leaves whole chunks, and a damaged one means
     the disk or a person changed it (not something to discard silently).
     """
+    store_lock.acquire(path)
     tmp = partial_path(path)
     if tmp.exists():
         try:
@@ -113,8 +117,9 @@ def open_partial(path: str | os.PathLike, spec_hash: str) -> tuple[CheckedGroup,
 
 def publish(path: str | os.PathLike) -> Path:
     """Check ``<path>.partial`` complete, consolidate its metadata and move it onto ``path``
-    atomically."""
+    atomically; then release the store's lock."""
     path = Path(path)
+    store_lock.acquire(path)  # this job's own lock (re-entrant); refuses another's store
     tmp = partial_path(path)
     problems = integrity.completeness_problems(zarr.open_group(tmp, mode="r"), tmp)
     if problems:
@@ -125,6 +130,7 @@ def publish(path: str | os.PathLike) -> Path:
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
+    store_lock.release(path)
     return path
 
 
@@ -187,15 +193,22 @@ def write_store(
     attrs: Mapping[str, Any],
 ) -> Path:
     """Write a small store in one go: ``{name: (dims, data)}`` plus attrs, then publish."""
-    tmp = partial_path(path)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    group = zarr.open_group(tmp, mode="w")
-    for name, (dims, data) in arrays.items():
-        create(group, name, dims, data)
-    group.update_attributes(jsonable(dict(attrs)))
-    return publish(path)
+    held = store_lock.holds(path)
+    store_lock.acquire(path)
+    try:
+        tmp = partial_path(path)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        group = zarr.open_group(tmp, mode="w")
+        for name, (dims, data) in arrays.items():
+            create(group, name, dims, data)
+        group.update_attributes(jsonable(dict(attrs)))
+        return publish(path)
+    except BaseException:
+        if not held:
+            store_lock.release(path)
+        raise
 
 
 def open_store(path: str | os.PathLike | CheckedGroup) -> CheckedGroup:
