@@ -35,6 +35,10 @@ from hessvalley.integrity import CheckedGroup
 PACKAGE_ROOT = Path(__file__).resolve().parent
 _VERSIONED = ("torch", "numpy", "zarr", "hessvalley", "torchvision", "snakemake")
 
+# Benchmarking switch, never off in the workflow: bench/bench_checkpoint.py --checksums turns
+# it off to measure what the crc32c codec costs on checkpoint writes.
+CHECKSUMS = True
+
 
 def code_version() -> str:
     """Content hash of the package source: changes exactly when the code does."""
@@ -138,7 +142,9 @@ def codecs(compress: bool) -> dict[str, Any]:
     """Zstd (if ``compress``), then the crc32c checksum of the stored bytes: a chunk that
     changed after it was written fails to read instead of decoding to wrong numbers."""
     compressors = [ZstdCodec(level=0)] if compress else []
-    return {"compressors": [*compressors, Crc32cCodec()]}
+    if CHECKSUMS:
+        compressors.append(Crc32cCodec())
+    return {"compressors": compressors or None}
 
 
 def create(
