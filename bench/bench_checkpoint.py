@@ -10,6 +10,10 @@ Five runs of one training setting per repeat, interleaved so that machine noise 
   loop+eval   again: train_run is compared with the mean of the two around it, and the second
               over the first is an A/A control that shows the machine's noise.
 
+With --checksums a sixth run follows train_run in each repeat, "no crc32c": train_run with the
+checksum codec off (``store.CHECKSUMS``, a benchmarking switch), so train_run / no crc32c is what
+checksumming every chunk costs on checkpoint writes.
+
 The overhead the project targets (<= 5 %) is train_run / loop+eval: what storing a replayable
 trajectory costs on top of measuring it. On a shared machine those wall-time ratios scatter by
 +-10 %, so train_run is also measured against itself ("in-run"): the time it spends in the
@@ -21,7 +25,7 @@ checkpoints are written in batches (nothing runs beside training); when a state 
 written on the writer thread at each checkpoint ("eager"), the time that thread takes from
 training shows in the wall-time ratio only.
 
-  python bench/bench_checkpoint.py --model ws_cnn --epochs 30 --repeats 9
+  python bench/bench_checkpoint.py --model ws_cnn --epochs 30 --repeats 9 [--checksums]
 
 Recorded (2-core shared VM, 1 torch thread, 1347 digits, batch 64 = 21 steps per epoch):
   ws_cnn (W&S A.5 CNN, 4790 params), 30 epochs (as the embedded default's runs), 11 repeats:
@@ -58,6 +62,7 @@ from unittest import mock
 
 import torch
 
+from hessvalley import store
 from hessvalley import train as train_module
 from hessvalley import trajectory_store
 from hessvalley.config import validate_config
@@ -139,12 +144,18 @@ class RunTimes:
 
 
 def time_train_run(
-    spec: dict, dataset_spec: dict, data_path: str, out: Path, flush_seconds: float
+    spec: dict,
+    dataset_spec: dict,
+    data_path: str,
+    out: Path,
+    flush_seconds: float,
+    checksums: bool = True,
 ) -> RunTimes:
     output = out / "trajectory.zarr"
     shutil.rmtree(output, ignore_errors=True)
     clock = LoopClock()
     with contextlib.ExitStack() as patches:
+        patches.enter_context(mock.patch.object(store, "CHECKSUMS", checksums))
         for owner, name in ((train_module, "load_dataset"), (Trainer, "__init__"),
                             (Trainer, "train_step"), (Trainer, "evaluate")):  # fmt: skip
             timed = clock.timed(getattr(owner, name), is_step=name == "train_step")
@@ -177,11 +188,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--checksums", action="store_true", help="also train_run without the crc32c codec"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     spec, dataset_spec = make_spec(args.model, args.epochs, args.batch_size)
     names = ("loop", "loop+eval", "train_run", "flush=0", "loop+eval again")
+    names += ("no crc32c",) if args.checksums else ()
     times: dict[str, list[float]] = {name: [] for name in names}
     runs: list[RunTimes] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,6 +209,11 @@ def main() -> None:
             times["loop+eval"].append(time_loop(spec, data_path, evaluate=True))
             runs.append(time_train_run(spec, dataset_spec, data_path, tmp, DEFAULT_FLUSH_SECONDS))
             times["train_run"].append(runs[-1].wall)
+            if args.checksums:  # right beside train_run: the pair sees the same machine
+                unchecked = time_train_run(
+                    spec, dataset_spec, data_path, tmp, DEFAULT_FLUSH_SECONDS, checksums=False
+                )
+                times["no crc32c"].append(unchecked.wall)
             times["flush=0"].append(time_train_run(spec, dataset_spec, data_path, tmp, 0.0).wall)
             times["loop+eval again"].append(time_loop(spec, data_path, evaluate=True))
             print(f"repeat {repeat + 1}/{args.repeats}", file=sys.stderr)
@@ -221,6 +241,9 @@ def main() -> None:
         print(f"{name:9s} / loop+eval (wall):          {quartiles(ratio)}")
     control = [b / a for a, b in zip(times["loop+eval"], times["loop+eval again"], strict=True)]
     print(f"A/A control, loop+eval again / loop+eval: {quartiles(control)}")
+    if args.checksums:
+        ratio = [a / b for a, b in zip(times["train_run"], times["no crc32c"], strict=True)]
+        print(f"checksums: train_run / no crc32c (wall): {quartiles(ratio)}")
     checkpoints = args.epochs + 1
     in_loop = [r.in_loop / checkpoints for r in runs]
     per_epoch = [c / (r.loop / args.epochs) for c, r in zip(in_loop, runs, strict=True)]

@@ -1,9 +1,15 @@
-"""Zarr stores: self-describing arrays, provenance attrs, atomic publication.
+"""Zarr stores: self-describing arrays, provenance attrs, atomic publication, integrity.
 
 Every rule writes one store. A store is built under ``<path>.partial`` and renamed onto
 ``<path>`` only when complete, so a killed job never leaves a store that looks finished
 (Snakemake's ``--rerun-incomplete`` and a human reading ``results/`` both see either
 nothing or the whole thing). Long jobs resume from what the partial store holds.
+
+The job writing a store holds its lock (``store_lock``) from the moment it opens the partial
+store until it publishes it, so a second writer fails before it touches either. Every chunk
+carries a crc32c checksum and is written even when it equals the fill value, and readers open
+published stores through ``open_store``, which checks them complete and names the store and
+the array when a chunk does not decode (``integrity``).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import math
 import os
 import shutil
 import warnings
@@ -20,9 +27,17 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from hessvalley import integrity, store_lock
+from hessvalley.integrity import CheckedGroup
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 _VERSIONED = ("torch", "numpy", "zarr", "hessvalley", "torchvision", "snakemake")
+
+# Benchmarking switch, never off in the workflow: bench/bench_checkpoint.py --checksums turns
+# it off to measure what the crc32c codec costs on checkpoint writes.
+CHECKSUMS = True
 
 
 def code_version() -> str:
@@ -78,42 +93,62 @@ def provenance(spec: Mapping[str, Any], seed: int | None = None) -> dict[str, An
 
 def partial_path(path: str | os.PathLike) -> Path:
     path = Path(path)
-    return path.with_name(path.name + ".partial")
+    return path.with_name(path.name + integrity.PARTIAL_SUFFIX)
 
 
-def open_partial(path: str | os.PathLike, spec_hash: str) -> tuple[zarr.Group, bool]:
-    """Open ``<path>.partial`` for writing; reuse it only if it was made by the same config.
+def open_partial(path: str | os.PathLike, spec_hash: str) -> tuple[CheckedGroup, bool]:
+    """Lock ``path`` for this job (``StoreBusyError`` if another job holds it) and open
+    ``<path>.partial`` for writing; reuse it only if it was made by the same config.
 
-    Returns the group and whether an earlier attempt's content was kept (resume).
+    Returns the group and whether an earlier attempt's content was kept (resume). Reads of a
+    kept store that fail to decode raise ``StoreError`` telling to delete it: Zarr writes each
+    chunk file atomically, so a killed writer leaves whole chunks, and a damaged one means
+    the disk or a person changed it (not something to discard silently).
     """
+    store_lock.acquire(path)
     tmp = partial_path(path)
     if tmp.exists():
         try:
             group = zarr.open_group(tmp, mode="r+")
             if group.attrs.get("config_hash") == spec_hash:
-                return group, True
+                return CheckedGroup(group, tmp), True
         except Exception:  # unreadable leftovers of a killed writer: start afresh
             pass
         shutil.rmtree(tmp)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    return zarr.open_group(tmp, mode="w"), False
+    return CheckedGroup(zarr.open_group(tmp, mode="w"), tmp), False
 
 
 def publish(path: str | os.PathLike) -> Path:
-    """Consolidate metadata of ``<path>.partial`` and move it onto ``path`` atomically."""
+    """Check ``<path>.partial`` complete, consolidate its metadata and move it onto ``path``
+    atomically; then release the store's lock."""
     path = Path(path)
+    store_lock.acquire(path)  # this job's own lock (re-entrant); refuses another's store
     tmp = partial_path(path)
+    problems = integrity.completeness_problems(zarr.open_group(tmp, mode="r"), tmp)
+    if problems:
+        raise integrity.damaged(tmp, f"it is incomplete at publication: {problems[0]}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr notes consolidated metadata is a v3 extension
         zarr.consolidate_metadata(str(tmp))
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
+    store_lock.release(path)
     return path
 
 
+def codecs(compress: bool) -> dict[str, Any]:
+    """Zstd (if ``compress``), then the crc32c checksum of the stored bytes: a chunk that
+    changed after it was written fails to read instead of decoding to wrong numbers."""
+    compressors = [ZstdCodec(level=0)] if compress else []
+    if CHECKSUMS:
+        compressors.append(Crc32cCodec())
+    return {"compressors": compressors or None}
+
+
 def create(
-    group: zarr.Group,
+    group: zarr.Group | CheckedGroup,
     name: str,
     dims: Sequence[str],
     data: np.ndarray | None = None,
@@ -127,8 +162,10 @@ def create(
 ) -> zarr.Array:
     """Create an array with dimension names (xarray reads them) and optional data.
 
-    ``compress=False`` for arrays of trained weights: they barely compress and the
-    compressor would cost time on every checkpoint."""
+    Every chunk is written, even one equal to the fill value, so a complete store has all its
+    chunks (``integrity``); float arrays are filled with NaN, so a chunk never written cannot
+    pass for zeros. ``compress=False`` for arrays of trained weights: they barely compress
+    and the compressor would cost time on every checkpoint."""
     if data is not None:
         data = np.asarray(data)
         shape, dtype = data.shape, data.dtype
@@ -136,13 +173,11 @@ def create(
         dtype = str  # zarr 3 variable-length strings
     if len(dims) != len(shape):
         raise ValueError(f"array {name!r}: {len(dims)} dimension names for shape {shape}")
-    kwargs: dict[str, Any] = {"chunks": tuple(chunks) if chunks else "auto"}
+    if fill_value is None and dtype is not str and np.dtype(dtype).kind in "fc":
+        fill_value = math.nan
+    kwargs: dict[str, Any] = {"chunks": tuple(chunks) if chunks else "auto", **codecs(compress)}
     if fill_value is not None:
         kwargs["fill_value"] = fill_value
-    if not compress:
-        kwargs["compressors"] = None
-        # skip zarr's scan of every chunk for all-fill values: weights are never all zero
-        kwargs["config"] = {"write_empty_chunks": True}
     array = group.create_array(
         name,
         shape=tuple(shape),
@@ -150,6 +185,7 @@ def create(
         dimension_names=list(dims),
         attributes=dict(attrs or {}),
         overwrite=True,
+        config={"write_empty_chunks": True},
         **kwargs,
     )
     if data is not None and data.size:
@@ -163,23 +199,32 @@ def write_store(
     attrs: Mapping[str, Any],
 ) -> Path:
     """Write a small store in one go: ``{name: (dims, data)}`` plus attrs, then publish."""
-    tmp = partial_path(path)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    group = zarr.open_group(tmp, mode="w")
-    for name, (dims, data) in arrays.items():
-        create(group, name, dims, data)
-    group.update_attributes(jsonable(dict(attrs)))
-    return publish(path)
+    held = store_lock.holds(path)
+    store_lock.acquire(path)
+    try:
+        tmp = partial_path(path)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        group = zarr.open_group(tmp, mode="w")
+        for name, (dims, data) in arrays.items():
+            create(group, name, dims, data)
+        group.update_attributes(jsonable(dict(attrs)))
+        return publish(path)
+    except BaseException:
+        if not held:
+            store_lock.release(path)
+        raise
 
 
-def open_store(path: str | os.PathLike) -> zarr.Group:
-    """Open a published store read-only, with a clear error if it is missing."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"store {path} does not exist (has the rule producing it run?)")
-    return zarr.open_group(path, mode="r")
+def open_store(path: str | os.PathLike | CheckedGroup) -> CheckedGroup:
+    """Open a published store read-only, checked complete (``StoreError`` naming the store and
+    the array otherwise); its array reads name the store and the array when a chunk does not
+    decode. An already opened store is returned as it is; a ``.partial`` one is not checked
+    complete (see ``integrity.open_checked``)."""
+    if isinstance(path, CheckedGroup):
+        return path
+    return integrity.open_checked(path)
 
 
 def read_arrays(

@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
-from hessvalley import stages
+from hessvalley import stages, store_lock
 from hessvalley.config import ConfigError, validate_config
 from hessvalley.hessian_keys import hessian_keys
 from hessvalley.projection import plan as projection_plan
@@ -39,6 +40,25 @@ os.environ.update(
 DATA = "resources/data"
 RESULTS = "results"
 FIGURES = f"{RESULTS}/figures"
+
+
+def busy_stores():
+    """Stores that running jobs write, e.g. those of an earlier Snakemake stopped by Ctrl-C
+    whose SLURM jobs live on. Snakemake deletes a job's output before running it, so only
+    the workflow can keep a duplicate job from destroying their work.
+    """
+    return store_lock.live_locks([RESULTS, DATA])
+
+
+# A dry run (-n) only warns; a real run refuses to start (onstart, below). Jobs running the
+# workflow inside SLURM (not the main process) skip the scan: their siblings hold locks.
+if workflow.is_main_process and (busy := busy_stores()):
+    logger.warning(f"Warning: {store_lock.refusal(busy)}")
+
+
+onstart:
+    if busy := busy_stores():
+        raise WorkflowError(store_lock.refusal(busy))
 
 
 wildcard_constraints:
