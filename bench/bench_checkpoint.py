@@ -62,9 +62,8 @@ from unittest import mock
 
 import torch
 
-from hessvalley import store
+from hessvalley import store, trajectory_store
 from hessvalley import train as train_module
-from hessvalley import trajectory_store
 from hessvalley.config import validate_config
 from hessvalley.data import build_dataset_store, load_dataset
 from hessvalley.train import Trainer, train_run
