@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import zarr
 
-from hessvalley import store
+from hessvalley import store, store_lock
 from hessvalley.projection.gd import Projection
 from hessvalley.trajectory_store import METRICS
 
@@ -42,6 +42,7 @@ class ProjectionCache:
         self, output: str | os.PathLike, spec: Mapping[str, Any], n_params: int, n_buffers: int
     ) -> None:
         base = f"{os.fspath(output)}.projections"
+        self.base = base
         self.path = store.partial_path(base)
         self.group, resumed = store.open_partial(base, store.config_hash(spec))
         self.n_buffers = n_buffers
@@ -136,5 +137,6 @@ class ProjectionCache:
         self.projections[step] = projection
 
     def remove(self) -> None:
-        """Delete the store (once the segment's output is published)."""
+        """Delete the store (once the segment's output is published) and drop its lock."""
         shutil.rmtree(self.path, ignore_errors=True)
+        store_lock.release(self.base)
