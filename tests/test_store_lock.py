@@ -220,3 +220,29 @@ def test_second_writer_fails_at_once_and_the_first_publishes(tmp_path, digits_st
     assert group.attrs["complete"] and group["step"][...].tolist() == list(range(0, 641, 64))
     assert integrity.damage(output) == []
     assert not store.partial_path(output).exists() and not lock.exists()
+
+
+def test_queued_jobs_of_this_workflow_directory_are_found(tmp_path, monkeypatch):
+    """A job still pending in SLURM holds no lock yet: the workflow finds it by its working
+    directory (squeue --me), ignoring other directories and finished jobs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    here, elsewhere = tmp_path / "work", tmp_path / "other"
+    here.mkdir()
+    lines = [
+        f"101|PENDING|{here}|rule_train_wildcards_tiny_mlp_0",
+        f"102|RUNNING|{elsewhere}|rule_train_wildcards_x_0",
+        f"103|COMPLETED|{here}|rule_dataset_wildcards_digits",
+        f"104|RUNNING|{here}|",
+    ]
+    script = bin_dir / "squeue"
+    script.write_text("#!/bin/sh\ncat <<'EOF'\n" + "\n".join(lines) + "\nEOF\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    jobs = store_lock.queued_jobs(here)
+    assert jobs == ["101 (pending, rule_train_wildcards_tiny_mlp_0)", "104 (running, no comment)"]
+    text = store_lock.queue_refusal(jobs)
+    assert text.startswith("2 SLURM job(s) of this workflow directory are still queued")
+    assert "cancel them (scancel <job id>)" in text
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    assert store_lock.queued_jobs(here) == []  # no SLURM to ask

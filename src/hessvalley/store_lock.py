@@ -312,6 +312,41 @@ def live_locks(roots: Iterable[str | os.PathLike]) -> list[tuple[Path, Holder | 
     return found
 
 
+def queued_jobs(workdir: str | os.PathLike) -> list[str]:
+    """This user's SLURM jobs, queued or running, whose working directory is ``workdir``: jobs
+    of an earlier Snakemake of this workflow. A queued job holds no lock yet, and Snakemake
+    deletes a job's output before running it, so a duplicate that starts after the original
+    published would destroy its store. Empty when there is no SLURM to ask."""
+    try:
+        result = subprocess.run(
+            ["squeue", "--me", "-h", "-o", "%i|%T|%Z|%k"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if result.returncode != 0:
+        return []
+    here = os.path.realpath(workdir)
+    jobs = []
+    for line in result.stdout.splitlines():
+        job_id, state, folder, comment = [*line.split("|", 3), "", "", ""][:4]
+        if os.path.realpath(folder) == here and state not in FINISHED_SLURM_STATES:
+            jobs.append(f"{job_id} ({state.lower()}, {comment or 'no comment'})")
+    return jobs
+
+
+def queue_refusal(jobs: list[str]) -> str:
+    """The workflow's message when jobs of an earlier Snakemake of it are still queued."""
+    return (
+        f"{len(jobs)} SLURM job(s) of this workflow directory are still queued or running, "
+        f"probably those of an earlier snakemake that was stopped: {'; '.join(jobs)}. Starting "
+        "now would submit duplicates of them: wait for them (squeue --me) or cancel them "
+        "(scancel <job id>), then run snakemake again"
+    )
+
+
 def refusal(found: list[tuple[Path, Holder | None, str]]) -> str:
     """The workflow's message when jobs of an earlier Snakemake still write stores."""
     stores = "; ".join(

@@ -50,15 +50,27 @@ def busy_stores():
     return store_lock.live_locks([RESULTS, DATA])
 
 
+def refusals():
+    """Why starting now would run a second writer: stores that running jobs write, and jobs
+    of this workflow still in the SLURM queue (they hold no lock until they start)."""
+    reasons = []
+    if busy := busy_stores():
+        reasons.append(store_lock.refusal(busy))
+    if queued := store_lock.queued_jobs("."):
+        reasons.append(store_lock.queue_refusal(queued))
+    return reasons
+
+
 # A dry run (-n) only warns; a real run refuses to start (onstart, below). Jobs running the
 # workflow inside SLURM (not the main process) skip the scan: their siblings hold locks.
-if workflow.is_main_process and (busy := busy_stores()):
-    logger.warning(f"Warning: {store_lock.refusal(busy)}")
+if workflow.is_main_process:
+    for reason in refusals():
+        logger.warning(f"Warning: {reason}")
 
 
 onstart:
-    if busy := busy_stores():
-        raise WorkflowError(store_lock.refusal(busy))
+    if reasons := refusals():
+        raise WorkflowError("\n".join(reasons))
 
 
 wildcard_constraints:
