@@ -61,6 +61,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+from record import figure, write_result
 
 from hessvalley import store, trajectory_store
 from hessvalley import train as train_module
@@ -69,6 +70,7 @@ from hessvalley.data import build_dataset_store, load_dataset
 from hessvalley.train import Trainer, train_run
 from hessvalley.trajectory_store import DEFAULT_FLUSH_SECONDS
 
+MEASURES = "training with per-epoch Zarr checkpoints vs the same loop without (wall, medians)"
 MODELS = {
     "mlp": {"name": "mlp", "widths": [64, 64]},
     "ws_cnn": {"name": "ws_cnn"},
@@ -254,6 +256,26 @@ def main() -> None:
     }
     for label, text in rows.items():
         print(f"{label:41s} {text}")
+    overhead = statistics.median(t / b for t, b in zip(times["train_run"], baseline, strict=True))
+    figures = [
+        figure("train_run / loop+eval (wall)", round(overhead, 3), "", "<= 1.05", overhead <= 1.05),
+        figure(
+            "train_run / its own loop (in-run)",
+            round(statistics.median(r.wall / r.loop for r in runs), 3),
+        ),
+        figure("A/A control: loop+eval again / loop+eval", round(statistics.median(control), 3)),
+        figure(
+            "fixed cost per run", round(1e3 * statistics.median(r.fixed for r in runs), 1), "ms"
+        ),
+        figure("cost per checkpoint in the loop", round(1e3 * statistics.median(in_loop), 2), "ms"),
+    ]
+    if args.checksums:
+        cost = statistics.median(
+            a / b for a, b in zip(times["train_run"], times["no crc32c"], strict=True)
+        )
+        figures.append(figure("checksums: train_run / train_run without crc32c", round(cost, 3)))
+    settings = {**vars(args), "n_params": n_params, "state_mib": round(state_bytes / 2**20, 2)}
+    write_result(f"bench_checkpoint_{args.model}", MEASURES, figures, settings)
 
 
 if __name__ == "__main__":

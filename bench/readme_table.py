@@ -25,6 +25,11 @@ def _value(row: dict) -> str:
     return f"{text} {row['unit']}".strip()
 
 
+def _script(record: dict) -> str:
+    variant = record["name"].removeprefix(Path(record["script"]).stem).strip("_")
+    return f"`{record['script']}`" + (f" ({variant})" if variant else "")
+
+
 def _verdict(row: dict) -> str:
     if row.get("met") is None:
         return ""
@@ -49,7 +54,7 @@ def render_table(results_dir: Path = BENCH / "results") -> str:
                 "| "
                 + " | ".join(
                     [
-                        f"`{record['name']}.py`" if first else "",
+                        _script(record) if first else "",
                         record["measures"] if first else "",
                         row["quantity"],
                         _value(row),

@@ -74,9 +74,11 @@ def write_result(
     settings: dict[str, Any] | None = None,
     results_dir: Path = RESULTS,
 ) -> Path:
-    """Write ``<results_dir>/<name>.json`` and return its path."""
+    """Write ``<results_dir>/<name>.json`` and return its path (``name`` is the script's name,
+    or the script's name and a variant, e.g. the model, when one script measures several)."""
     record = {
         "name": name,
+        "script": Path(sys.argv[0]).name,
         "measures": measures,
         "commit": _commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
