@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,8 @@ import pytest
 import yaml
 import zarr
 
-REPO = Path(__file__).resolve().parents[1]
+from .snakemake_runner import REPO, planned_jobs, snakemake, start
+
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
 SMOKE_SNAKEFILE = REPO / "tests" / "slurm" / "smoke" / "Snakefile"
 TINY_CONFIG = REPO / "tests" / "configs" / "tiny.yaml"
@@ -62,17 +62,6 @@ def require_slurm() -> None:
     reason = slurm_unavailable()
     if reason is not None:
         pytest.skip(reason)
-
-
-def snakemake(
-    args: list[str], workdir: Path, timeout_s: int, log: str = "run.log"
-) -> subprocess.Popen:
-    """Start Snakemake in `workdir`, killed (SIGKILL) after `timeout_s`; output to `log`."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    command = ["timeout", "-s", "KILL", str(timeout_s), sys.executable, "-m", "snakemake"]
-    command += [*args, "--directory", str(workdir)]
-    with open(workdir / log, "w") as log_file:
-        return subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
 
 
 def finish(process: subprocess.Popen, workdir: Path, log: str = "run.log") -> str:
@@ -128,8 +117,8 @@ def tres(job: dict[str, str], field: str) -> dict[str, str]:
 
 def test_smoke_workflow_gpu_request_and_retry(tmp_path: Path) -> None:
     workdir = tmp_path / "smoke"
-    args = ["-s", str(SMOKE_SNAKEFILE), "--profile", str(SLURM_PROFILE), *FAST_POLLING, "--verbose"]
-    output = finish(snakemake(args, workdir, timeout_s=150), workdir)
+    args = ["--profile", str(SLURM_PROFILE), *FAST_POLLING, "--verbose"]
+    output = finish(start(workdir, *args, snakefile=SMOKE_SNAKEFILE, timeout_s=150), workdir)
 
     jobs = sorted(slurm_jobs(output).values(), key=lambda job: int(job["JobID"]))
     by_rule = {
@@ -191,9 +180,9 @@ def test_tiny_workflow_through_slurm_equals_local_run(tmp_path: Path) -> None:
     args = [*targets, "--configfile", str(TINY_CONFIG), "--config", "gpu=1"]
     cluster_dir, local_dir = tmp_path / "slurm", tmp_path / "local"
     slurm_args = [*args, "--profile", str(SLURM_PROFILE), *FAST_POLLING, "--verbose"]
-    cluster = snakemake(slurm_args, cluster_dir, timeout_s=150)
+    cluster = start(cluster_dir, *slurm_args, timeout_s=150)
     # the local reference runs meanwhile on one core: the SLURM run mostly waits on status polls
-    local = snakemake([*args, "--cores", "1"], local_dir, timeout_s=150)
+    local = start(local_dir, *args, "--cores", "1", timeout_s=150)
     try:
         finish(local, local_dir)
     except BaseException:
@@ -272,8 +261,8 @@ def long_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LongRun]:
     n_checkpoints = steps // LONG_RUN["checkpoint_every"] + 1
     local_dir = root / "local"
     args = ["--configfile", str(config_path), "--cores", "1"]
-    finish(snakemake(["resources/data/digits.zarr", *args], local_dir, 60), local_dir)
-    local = snakemake([KILLED_TARGET, *args], local_dir, 150, log="train.log")
+    finish(start(local_dir, "resources/data/digits.zarr", *args, timeout_s=60), local_dir)
+    local = start(local_dir, KILLED_TARGET, *args, timeout_s=150, log="train.log")
     yield LongRun(config_path, n_checkpoints, local_dir, local)
     stop(local, local_dir)
 
@@ -366,12 +355,6 @@ def resumed_from(workdir: Path) -> int:
     return checkpoint
 
 
-def planned_jobs(dry_run_output: str) -> dict[str, int]:
-    """The `Job stats` table of a dry run: jobs per rule (and the total)."""
-    table = dry_run_output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
-    return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
-
-
 def test_killed_training_job_resumes_from_its_last_checkpoint(
     long_run: LongRun, tmp_path: Path
 ) -> None:
@@ -380,7 +363,7 @@ def test_killed_training_job_resumes_from_its_last_checkpoint(
     workdir = long_run.cluster_workdir(tmp_path / "killed")
     args = [*long_run.cluster_args(), *FAST_POLLING]
     partial = workdir / f"{KILLED_TARGET}.partial"
-    first = snakemake(args, workdir, timeout_s=120)
+    first = start(workdir, *args, timeout_s=120)
     try:
         wait_for_checkpoints(first, workdir, 2, "run.log")
         cancelled_id = running_train_job(workdir, "run.log")
@@ -399,19 +382,11 @@ def test_killed_training_job_resumes_from_its_last_checkpoint(
     assert not (workdir / KILLED_TARGET).exists()
 
     # --rerun-incomplete (set by the profile) plans the train job: a partial store is not output
-    dry_run = subprocess.run(
-        [sys.executable, "-m", "snakemake", *args, "--dry-run", "--directory", str(workdir)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    dry_output = dry_run.stdout + dry_run.stderr
-    assert dry_run.returncode == 0, dry_output[-3000:]
-    assert planned_jobs(dry_output) == {"train": 1, "total": 1}, dry_output[-3000:]
+    dry_output = snakemake(workdir, *args, "--dry-run", timeout=60).output
+    assert planned_jobs(dry_output) == {"train": 1}, dry_output[-3000:]
     assert f"reason: Missing output files: {KILLED_TARGET}" in dry_output
 
-    second = snakemake(args, workdir, timeout_s=120, log="rerun.log")
+    second = start(workdir, *args, timeout_s=120, log="rerun.log")
     try:
         wait_for_checkpoints(second, workdir, cancelled_at + 2, "rerun.log")
         rerun_resumed_from = resumed_from(workdir)  # this attempt's log, before SLURM requeues it
