@@ -30,6 +30,8 @@ rule projection_segment:
         segment=r"\d+",
     threads: config["threads"]
     resources:
+        runtime=runtime("projection_segment"),
+        mem_mb=mem_mb("projection_segment"),
         gpu=config["gpu"],
     params:
         kwargs=lambda w: as_json(
@@ -60,6 +62,9 @@ rule projected_path:
     wildcard_constraints:
         setting=PROJECTED_RE,
     threads: 1
+    resources:
+        runtime=runtime("projected_path"),
+        mem_mb=mem_mb("projected_path"),
     params:
         kwargs=lambda w: as_json({"setting": w.setting, "seed": int(w.seed)}),
         io=lambda w, input, output: as_json(
@@ -85,6 +90,8 @@ rule projected_trace:
         setting=PROJECTED_RE,
     threads: config["threads"]
     resources:
+        runtime=runtime("projected_trace"),
+        mem_mb=mem_mb("projected_trace"),
         gpu=config["gpu"],
     params:
         kwargs=lambda w: as_json(
@@ -123,6 +130,9 @@ rule wei2020_fig1:
     benchmark:
         "benchmarks/figures/wei2020_fig1.tsv"
     threads: 1
+    resources:
+        runtime=runtime("wei2020_fig1"),
+        mem_mb=mem_mb("wei2020_fig1"),
     params:
         kwargs=lambda w: as_json({"figures": figure_options()}),
         io=lambda w, input, output: as_json(
@@ -152,6 +162,9 @@ rule wei2020_fig3:
     benchmark:
         "benchmarks/figures/wei2020_fig3.tsv"
     threads: 1
+    resources:
+        runtime=runtime("wei2020_fig3"),
+        mem_mb=mem_mb("wei2020_fig3"),
     params:
         kwargs=lambda w: as_json({"figures": figure_options()}),
         io=lambda w, input, output: as_json(
@@ -179,6 +192,9 @@ rule wei2020_fig4:
     benchmark:
         "benchmarks/figures/wei2020_fig4.tsv"
     threads: 1
+    resources:
+        runtime=runtime("wei2020_fig4"),
+        mem_mb=mem_mb("wei2020_fig4"),
     params:
         kwargs=lambda w: as_json({"figures": figure_options()}),
         io=lambda w, input, output: as_json(
