@@ -135,7 +135,7 @@ def test_smoke_workflow_gpu_request_and_retry(tmp_path: Path) -> None:
     calls = sbatch_calls(output)
     assert "--gpus=1" in calls["gpu_job"][0].split()
     assert not any(arg.startswith(("--gpus", "--gres")) for arg in calls["cpu_job"][0].split())
-    # retry: runtime "60 * attempt" and mem_mb "4000 * attempt" are re-evaluated per attempt
+    # retry: the rule's runtime (60 * attempt) and mem_mb (4000 * attempt) follow the attempt
     limits = [re.search(r" -t (\d+) --mem (\d+) ", call).groups() for call in calls["cpu_job"]]
     assert limits == [("60", "4000"), ("120", "8000")]
     assert "--requeue" in calls["gpu_job"][0].split()
@@ -209,6 +209,51 @@ def test_tiny_workflow_through_slurm_equals_local_run(tmp_path: Path) -> None:
     assert zarr_stores(cluster_dir) == stores
     for store in stores:
         assert_same_store(local_dir / store, cluster_dir / store)
+
+
+def node_memory_mb() -> int:
+    """RealMemory of the test SLURM's (single) node: sbatch refuses --mem beyond it."""
+    node = subprocess.run(
+        ["scontrol", "show", "node", "-o"], capture_output=True, text=True, check=True
+    ).stdout
+    return int(re.search(r"RealMemory=(\d+)", node).group(1))
+
+
+def test_failure_a_retry_cannot_fix_is_the_last_word(tmp_path: Path) -> None:
+    """A job that fails for good (CUDA asked for, none there) is retried with more time and
+    memory, capped at resources.limits: sbatch accepts every attempt, and the job's own one-line
+    reason, not an sbatch refusal, ends Snakemake's output; the SLURM log has it and exit 3."""
+    node_mb = node_memory_mb()
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config.update(device="cuda", gpu=1)
+    config["resources"] = {  # attempt 2 would ask for more than the node has
+        "default": {"runtime": 10, "mem_mb": node_mb // 2 + 1},
+        "limits": {"runtime": 15, "mem_mb": node_mb},
+    }
+    config_path = tmp_path / "cuda.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    workdir, target = tmp_path / "cuda", "results/tiny_mlp/seed0/trajectory.zarr"
+    local = ["resources/data/digits.zarr", "--configfile", str(config_path), "--cores", "1"]
+    finish(start(workdir, *local, timeout_s=60, log="dataset.log"), workdir, "dataset.log")
+    args = [target, "--configfile", str(config_path), "--profile", str(SLURM_PROFILE)]
+    run = start(workdir, *args, *FAST_POLLING, "--retries", "1", "--verbose", timeout_s=150)
+    assert run.wait() not in (0, 124, 137, -9)
+    output = (workdir / "run.log").read_text()
+
+    reason = "hessvalley train: device 'cuda' requested but torch sees no CUDA device"
+    assert "sbatch: error" not in output
+    limits = [
+        re.search(r" -t (\d+) --mem (\d+) ", call).groups()
+        for call in sbatch_calls(output)["train"]
+    ]
+    assert limits == [("10", str(node_mb // 2 + 1)), ("15", str(node_mb))]
+    jobs = slurm_jobs(output)
+    assert [job["State"] for job in jobs.values()] == ["FAILED", "FAILED"], jobs
+    last_attempt = output.rsplit(f"submitted with SLURM jobid {max(jobs, key=int)}", 1)[1]
+    assert reason in last_attempt, last_attempt[-3000:]  # the rule's log (show-failed-logs)
+    for job_id in jobs:
+        [slurm_log] = (workdir / ".snakemake/slurm_logs/rule_train").glob(f"*/{job_id}.log")
+        assert reason in slurm_log.read_text() and "non-zero exit status 3" in slurm_log.read_text()
 
 
 # -- preemption: a training job killed by SLURM resumes from its last complete checkpoint ------
