@@ -1,8 +1,9 @@
 """Running Snakemake from the tests: one command line, its output and its table of jobs.
 
 Every test runs the repository's Snakefile (or another one) in its own work directory with
-`--directory`, so nothing lands in the checkout. Arguments come first on the command line, so
-that targets are never taken for values of `--configfile` or `--config`.
+`--directory`, so nothing lands in the checkout. The options added here are written
+`--option=value`, which takes exactly one value, and the test's own arguments follow them as
+given: a target is never taken for a value of `--configfile` or `--config`.
 """
 
 from __future__ import annotations
@@ -32,14 +33,13 @@ def command(
     configfile: Path | None = None,
     cores: int | None = None,
 ) -> list[str]:
-    """`python -m snakemake ARGS -s SNAKEFILE --directory WORKDIR [--configfile] [--cores]`."""
-    line = [sys.executable, "-m", "snakemake", *args, "-s", str(snakefile)]
-    line += ["--directory", str(workdir)]
+    """`python -m snakemake --snakefile=... --directory=WORKDIR [--configfile=] [--cores=] ARGS`."""
+    line = [sys.executable, "-m", "snakemake", f"--snakefile={snakefile}", f"--directory={workdir}"]
     if configfile is not None:
-        line += ["--configfile", str(configfile)]
+        line.append(f"--configfile={configfile}")
     if cores is not None:
-        line += ["--cores", str(cores)]
-    return line
+        line.append(f"--cores={cores}")
+    return [*line, *args]
 
 
 def snakemake(

@@ -377,3 +377,29 @@ def test_configfile_replaces_the_embedded_default(tmp_path):
     assert "results/tiny_mlp/seed1/trajectory.zarr" in given and "digits_mlp" not in given
     embedded = dry_run_jobs(tmp_path, "--config", "threads=1")
     assert "results/digits_mlp/seed0/trajectory.zarr" in embedded and "tiny_mlp" not in embedded
+
+
+@pytest.mark.workflow
+def test_config_values_reach_the_job_quoted(tmp_path):
+    """A path with shell syntax in it (valid: paths are the user's) reaches the job as one
+    argument: the job runs, reads that directory, finds no MNIST there and says so; no command
+    hidden in the path runs."""
+    data_root = tmp_path / "d $(touch X);`touch Y` 'q'"
+    data_root.mkdir()
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    config = {"datasets": {"mnist": {"source": "mnist", "data_root": str(data_root)}}}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(
+        workdir,
+        "resources/data/mnist.zarr",
+        configfile=workdir / "config.yaml",
+        cores=1,
+        check=False,
+        cwd=workdir,
+    )
+    assert result.returncode != 0
+    assert "hessvalley dataset: " in result.output and str(data_root) in result.output
+    assert "exit status 3" in result.output, result.output[-3000:]
+    created = [p.name for p in tmp_path.rglob("*") if p.name in ("X", "Y")]
+    assert not created and (workdir / "logs/data/mnist.log").exists()

@@ -15,6 +15,7 @@ import yaml
 
 from hessvalley import stages
 
+from .readme import snakemake_commands
 from .snakemake_runner import REPO, Run, planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow
@@ -206,3 +207,12 @@ def test_every_rule_asks_for_its_own_resources(tmp_path):
     }
     assert set(got) >= set(stages.STAGES) - {"claims"}, sorted(got)
     assert got == {rule: asked[rule] for rule in got}
+
+
+def test_readme_report_command_works(workdir):
+    """README's report command, as written, after the tiny workflow (which makes no figure that
+    states a claim): one self-contained HTML file with the run's figures."""
+    [args] = [command for command in snakemake_commands() if "--report" in command]
+    run(workdir, *args)
+    report = workdir / "results/report.html"
+    assert report.stat().st_size > 100_000 and "tiny_mlp_training.png" in report.read_text()
