@@ -297,6 +297,12 @@ def test_hostile_names_execute_nothing(tmp_path):
         ("toy.fig7.noise_strength", "0.5", 0.5),
         ("projection.max_depth", "null", None),
         ("datasets.digits.n_train", "100", 100),
+        ("datasets.digits.randomized_labels", {"split_a": "100"}, {"split_a": 100, "seed": 0}),
+        (
+            "toy.fig7.noise_strength",
+            {"batch_size": "8", "n_samples": "64"},
+            {"batch_size": 8, "n_samples": 64},
+        ),
     ],
 )
 def test_strings_are_read_as_the_numbers_the_schema_wants(key, text, value):
@@ -305,6 +311,8 @@ def test_strings_are_read_as_the_numbers_the_schema_wants(key, text, value):
     for part in key.split("."):
         node = node[part]
     assert node == value and type(node) is type(value)
+    if isinstance(node, dict):
+        assert all(type(node[k]) is type(value[k]) for k in value)
 
 
 @pytest.mark.workflow

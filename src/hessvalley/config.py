@@ -119,26 +119,32 @@ def _yaml_scalar(text: str) -> Any:
     return value if value is None or isinstance(value, (bool, int, float)) else text
 
 
+def _refused_strings(errors: Iterator[jsonschema.ValidationError]) -> Iterator[tuple]:
+    """Paths of the strings among ``errors`` where the schema wants another type, also those
+    inside the alternatives of a ``oneOf`` (such as an object form of a key)."""
+    for error in errors:
+        wrong_type = error.validator in ("type", "oneOf", "anyOf")
+        if wrong_type and isinstance(error.instance, str) and error.absolute_path:
+            yield tuple(error.absolute_path), error.instance
+        yield from _refused_strings(iter(error.context or ()))
+
+
 def _coerce_strings(config: dict[str, Any], schema: dict[str, Any]) -> None:
     """Replace, in place, every string the schema refuses by its YAML reading when that is a
     number, boolean or null: nested ``--config`` overrides arrive as strings."""
-    for _ in range(100):  # each pass fixes every refused string it sees; nesting needs few
-        changed = False
-        for error in _Validator(schema).iter_errors(config):
-            if error.validator not in ("type", "oneOf", "anyOf") or not error.absolute_path:
-                continue
-            if not isinstance(error.instance, str):
-                continue
-            value = _yaml_scalar(error.instance)
-            if value is not error.instance:
-                *parents, last = error.absolute_path
-                node = config
-                for part in parents:
-                    node = node[part]
-                node[last] = value
-                changed = True
-        if not changed:
+    while True:
+        changes = {
+            path: value
+            for path, text in _refused_strings(_Validator(schema).iter_errors(config))
+            if (value := _yaml_scalar(text)) is not text
+        }
+        if not changes:
             return
+        for (*parents, last), value in changes.items():
+            node = config
+            for part in parents:
+                node = node[part]
+            node[last] = value
 
 
 def _non_finite(value: Any, path: tuple = ()) -> Iterator[str]:
