@@ -4,8 +4,6 @@ Run everything on the embedded default with `snakemake --cores all`; target one 
 `snakemake --cores all results/figures/<id>.pdf`. See README.md.
 """
 
-from pathlib import Path
-
 from snakemake.utils import min_version
 
 min_version("9.0")

@@ -49,6 +49,7 @@ from hessvalley.trajectory_curvature import trace_along_trajectory
 from hessvalley.trajectory_store import METRICS, TrainState, read_state
 
 from .conftest import REPO, make_config, run_spec
+from .snakemake_runner import planned_jobs, snakemake
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MLP = {"name": "mlp", "widths": [8], "activation": "tanh"}
@@ -542,28 +543,21 @@ def test_project_segment_refuses_a_missing_segment(runs, digits_store, tmp_path)
 FIGURES = [f"results/figures/wei2020_{name}.pdf" for name in ("fig1", "fig3", "fig4")]
 
 
-def snakemake(workdir: Path, *args: str) -> str:
-    command = [sys.executable, "-m", "snakemake", *FIGURES, "-s", str(REPO / "Snakefile"),
-               "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
-               "--cores", "2", *args]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
+def snakemake_figures(workdir: Path, *args: str) -> str:
+    """Snakemake on the workdir's config.yaml, targeting the three projection figures."""
+    config = workdir / "config.yaml"
+    return snakemake(workdir, *FIGURES, *args, configfile=config, cores=2).output
 
 
 def planned(workdir: Path) -> dict[str, int]:
-    text = snakemake(workdir, "-n")
-    if "Nothing to be done" in text:
-        return {}
-    table = text.split("Job stats:")[1].split("total")[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+    return planned_jobs(snakemake_figures(workdir, "-n"))
 
 
 @pytest.mark.workflow
 def test_workflow_builds_the_figures_and_reruns_what_is_stale(tmp_path):
     shutil.copy(REPO / "tests/configs/projection.yaml", tmp_path / "config.yaml")
     assert planned(tmp_path)["projection_segment"] == 2  # known before training
-    snakemake(tmp_path)
+    snakemake_figures(tmp_path)
     for figure in FIGURES:
         assert Path(tmp_path / figure).stat().st_size > 1000
         assert Path(tmp_path / figure).with_suffix(".png").stat().st_size > 1000

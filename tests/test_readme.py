@@ -1,27 +1,79 @@
-"""README's Quick start: exactly two set-up commands, and CI runs the test one."""
+"""README's commands work as written: the Quick start (exactly two set-up commands, both run by
+CI), every `snakemake` command (dry-run here, so none can rot) and the install it promises."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
+import shutil
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
+import tomllib
+from packaging.requirements import Requirement
 
+from .readme import quick_start_commands, snakemake_commands
+from .snakemake_runner import REPO, snakemake
 
-def quick_start_commands() -> list[str]:
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)]
+RUN_SUFFIX = " && snakemake --cores all"
 
 
 def test_quick_start_has_exactly_the_two_commands():
     commands = quick_start_commands()
     assert len(commands) == 2
     run, test = commands
-    assert run.endswith("snakemake --cores all") and "pip install -e ." in run
+    assert run.endswith(RUN_SUFFIX) and "pip install -e . " in run
     assert test.endswith("pytest") and 'pip install -e ".[test]"' in test
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_runs_the_readme_install_alone_then_the_test_command():
+    """CI first installs as README command 1 does (without the test extra) and checks what
+    README promises with it, then runs README's test command."""
     ci_lines = (REPO / ".ci/run").read_text().splitlines()
-    assert quick_start_commands()[1] in ci_lines
+    run, test = quick_start_commands()
+    install = run.removesuffix(RUN_SUFFIX)
+    assert install in ci_lines and test in ci_lines
+    assert ci_lines.index(install) < ci_lines.index(test)
+
+
+def test_command_1_installs_what_readme_uses():
+    """`pip install -e .` alone gives `snakemake --report` (pygments, snakemake's `reports`
+    extra) and `xarray.open_zarr`; CI checks it in a fresh venv (.ci/run)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = {req.name: req for req in map(Requirement, project["dependencies"])}
+    assert "reports" in requirements["snakemake"].extras
+    assert "xarray" in requirements
+
+
+def distinct(commands: list[list[str]]) -> list[list[str]]:
+    """Commands that differ in more than `-n`, except --report (it needs a finished run:
+    tests/test_workflow.py runs it after the tiny workflow)."""
+    seen, kept = set(), []
+    for command in commands:
+        key = tuple(word for word in command if word != "-n")
+        if key not in seen and "--report" not in command:
+            seen.add(key)
+            kept.append(command)
+    return kept
+
+
+COMMANDS = distinct(snakemake_commands())
+
+
+def test_readme_has_the_commands_checked_below():
+    flags = {word for command in snakemake_commands() for word in command if word[0] == "-"}
+    assert {"--report", "--unlock", "--profile", "--configfile", "--config", "-n"} <= flags
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("args", COMMANDS, ids=[" ".join(c)[:60] for c in COMMANDS])
+def test_readme_snakemake_command_works_as_written(args, tmp_path):
+    """Run from the repository root as README says, in a fresh work directory: a dry run (-n)
+    that plans every target named, or the unlock itself."""
+    (tmp_path / "config").mkdir()
+    shutil.copy(REPO / "config/config.yaml", tmp_path / "config")  # the embedded default
+    if "--unlock" in args:
+        assert "Unlocked working directory" in snakemake(tmp_path, *args).output
+        return
+    output = snakemake(tmp_path, "-n", *args, timeout=300).output
+    assert "This was a dry-run" in output, output[-3000:]
+    targets = [word for word in args if word.startswith("results/")]
+    for target in targets:  # planned as a target, not read as a config file
+        assert f"output: {target}" in output or f", {target}" in output, target

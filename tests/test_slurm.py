@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,8 @@ import pytest
 import yaml
 import zarr
 
-REPO = Path(__file__).resolve().parents[1]
+from .snakemake_runner import REPO, planned_jobs, snakemake, start
+
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
 SMOKE_SNAKEFILE = REPO / "tests" / "slurm" / "smoke" / "Snakefile"
 TINY_CONFIG = REPO / "tests" / "configs" / "tiny.yaml"
@@ -62,17 +62,6 @@ def require_slurm() -> None:
     reason = slurm_unavailable()
     if reason is not None:
         pytest.skip(reason)
-
-
-def snakemake(
-    args: list[str], workdir: Path, timeout_s: int, log: str = "run.log"
-) -> subprocess.Popen:
-    """Start Snakemake in `workdir`, killed (SIGKILL) after `timeout_s`; output to `log`."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    command = ["timeout", "-s", "KILL", str(timeout_s), sys.executable, "-m", "snakemake"]
-    command += [*args, "--directory", str(workdir)]
-    with open(workdir / log, "w") as log_file:
-        return subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
 
 
 def finish(process: subprocess.Popen, workdir: Path, log: str = "run.log") -> str:
@@ -128,8 +117,8 @@ def tres(job: dict[str, str], field: str) -> dict[str, str]:
 
 def test_smoke_workflow_gpu_request_and_retry(tmp_path: Path) -> None:
     workdir = tmp_path / "smoke"
-    args = ["-s", str(SMOKE_SNAKEFILE), "--profile", str(SLURM_PROFILE), *FAST_POLLING, "--verbose"]
-    output = finish(snakemake(args, workdir, timeout_s=150), workdir)
+    args = ["--profile", str(SLURM_PROFILE), *FAST_POLLING, "--verbose"]
+    output = finish(start(workdir, *args, snakefile=SMOKE_SNAKEFILE, timeout_s=150), workdir)
 
     jobs = sorted(slurm_jobs(output).values(), key=lambda job: int(job["JobID"]))
     by_rule = {
@@ -146,7 +135,7 @@ def test_smoke_workflow_gpu_request_and_retry(tmp_path: Path) -> None:
     calls = sbatch_calls(output)
     assert "--gpus=1" in calls["gpu_job"][0].split()
     assert not any(arg.startswith(("--gpus", "--gres")) for arg in calls["cpu_job"][0].split())
-    # retry: runtime "60 * attempt" and mem_mb "4000 * attempt" are re-evaluated per attempt
+    # retry: the rule's runtime (60 * attempt) and mem_mb (4000 * attempt) follow the attempt
     limits = [re.search(r" -t (\d+) --mem (\d+) ", call).groups() for call in calls["cpu_job"]]
     assert limits == [("60", "4000"), ("120", "8000")]
     assert "--requeue" in calls["gpu_job"][0].split()
@@ -191,9 +180,9 @@ def test_tiny_workflow_through_slurm_equals_local_run(tmp_path: Path) -> None:
     args = [*targets, "--configfile", str(TINY_CONFIG), "--config", "gpu=1"]
     cluster_dir, local_dir = tmp_path / "slurm", tmp_path / "local"
     slurm_args = [*args, "--profile", str(SLURM_PROFILE), *FAST_POLLING, "--verbose"]
-    cluster = snakemake(slurm_args, cluster_dir, timeout_s=150)
+    cluster = start(cluster_dir, *slurm_args, timeout_s=150)
     # the local reference runs meanwhile on one core: the SLURM run mostly waits on status polls
-    local = snakemake([*args, "--cores", "1"], local_dir, timeout_s=150)
+    local = start(local_dir, *args, "--cores", "1", timeout_s=150)
     try:
         finish(local, local_dir)
     except BaseException:
@@ -220,6 +209,51 @@ def test_tiny_workflow_through_slurm_equals_local_run(tmp_path: Path) -> None:
     assert zarr_stores(cluster_dir) == stores
     for store in stores:
         assert_same_store(local_dir / store, cluster_dir / store)
+
+
+def node_memory_mb() -> int:
+    """RealMemory of the test SLURM's (single) node: sbatch refuses --mem beyond it."""
+    node = subprocess.run(
+        ["scontrol", "show", "node", "-o"], capture_output=True, text=True, check=True
+    ).stdout
+    return int(re.search(r"RealMemory=(\d+)", node).group(1))
+
+
+def test_failure_a_retry_cannot_fix_is_the_last_word(tmp_path: Path) -> None:
+    """A job that fails for good (CUDA asked for, none there) is retried with more time and
+    memory, capped at resources.limits: sbatch accepts every attempt, and the job's own one-line
+    reason, not an sbatch refusal, ends Snakemake's output; the SLURM log has it and exit 3."""
+    node_mb = node_memory_mb()
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config.update(device="cuda", gpu=1)
+    config["resources"] = {  # attempt 2 would ask for more than the node has
+        "default": {"runtime": 10, "mem_mb": node_mb // 2 + 1},
+        "limits": {"runtime": 15, "mem_mb": node_mb},
+    }
+    config_path = tmp_path / "cuda.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    workdir, target = tmp_path / "cuda", "results/tiny_mlp/seed0/trajectory.zarr"
+    local = ["resources/data/digits.zarr", "--configfile", str(config_path), "--cores", "1"]
+    finish(start(workdir, *local, timeout_s=60, log="dataset.log"), workdir, "dataset.log")
+    args = [target, "--configfile", str(config_path), "--profile", str(SLURM_PROFILE)]
+    run = start(workdir, *args, *FAST_POLLING, "--retries", "1", "--verbose", timeout_s=150)
+    assert run.wait() not in (0, 124, 137, -9)
+    output = (workdir / "run.log").read_text()
+
+    reason = "hessvalley train: device 'cuda' requested but torch sees no CUDA device"
+    assert "sbatch: error" not in output
+    limits = [
+        re.search(r" -t (\d+) --mem (\d+) ", call).groups()
+        for call in sbatch_calls(output)["train"]
+    ]
+    assert limits == [("10", str(node_mb // 2 + 1)), ("15", str(node_mb))]
+    jobs = slurm_jobs(output)
+    assert [job["State"] for job in jobs.values()] == ["FAILED", "FAILED"], jobs
+    last_attempt = output.rsplit(f"submitted with SLURM jobid {max(jobs, key=int)}", 1)[1]
+    assert reason in last_attempt, last_attempt[-3000:]  # the rule's log (show-failed-logs)
+    for job_id in jobs:
+        [slurm_log] = (workdir / ".snakemake/slurm_logs/rule_train").glob(f"*/{job_id}.log")
+        assert reason in slurm_log.read_text() and "non-zero exit status 3" in slurm_log.read_text()
 
 
 # -- preemption: a training job killed by SLURM resumes from its last complete checkpoint ------
@@ -272,8 +306,8 @@ def long_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LongRun]:
     n_checkpoints = steps // LONG_RUN["checkpoint_every"] + 1
     local_dir = root / "local"
     args = ["--configfile", str(config_path), "--cores", "1"]
-    finish(snakemake(["resources/data/digits.zarr", *args], local_dir, 60), local_dir)
-    local = snakemake([KILLED_TARGET, *args], local_dir, 150, log="train.log")
+    finish(start(local_dir, "resources/data/digits.zarr", *args, timeout_s=60), local_dir)
+    local = start(local_dir, KILLED_TARGET, *args, timeout_s=150, log="train.log")
     yield LongRun(config_path, n_checkpoints, local_dir, local)
     stop(local, local_dir)
 
@@ -366,12 +400,6 @@ def resumed_from(workdir: Path) -> int:
     return checkpoint
 
 
-def planned_jobs(dry_run_output: str) -> dict[str, int]:
-    """The `Job stats` table of a dry run: jobs per rule (and the total)."""
-    table = dry_run_output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
-    return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
-
-
 def test_killed_training_job_resumes_from_its_last_checkpoint(
     long_run: LongRun, tmp_path: Path
 ) -> None:
@@ -380,7 +408,7 @@ def test_killed_training_job_resumes_from_its_last_checkpoint(
     workdir = long_run.cluster_workdir(tmp_path / "killed")
     args = [*long_run.cluster_args(), *FAST_POLLING]
     partial = workdir / f"{KILLED_TARGET}.partial"
-    first = snakemake(args, workdir, timeout_s=120)
+    first = start(workdir, *args, timeout_s=120)
     try:
         wait_for_checkpoints(first, workdir, 2, "run.log")
         cancelled_id = running_train_job(workdir, "run.log")
@@ -399,19 +427,11 @@ def test_killed_training_job_resumes_from_its_last_checkpoint(
     assert not (workdir / KILLED_TARGET).exists()
 
     # --rerun-incomplete (set by the profile) plans the train job: a partial store is not output
-    dry_run = subprocess.run(
-        [sys.executable, "-m", "snakemake", *args, "--dry-run", "--directory", str(workdir)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    dry_output = dry_run.stdout + dry_run.stderr
-    assert dry_run.returncode == 0, dry_output[-3000:]
-    assert planned_jobs(dry_output) == {"train": 1, "total": 1}, dry_output[-3000:]
+    dry_output = snakemake(workdir, *args, "--dry-run", timeout=60).output
+    assert planned_jobs(dry_output) == {"train": 1}, dry_output[-3000:]
     assert f"reason: Missing output files: {KILLED_TARGET}" in dry_output
 
-    second = snakemake(args, workdir, timeout_s=120, log="rerun.log")
+    second = start(workdir, *args, timeout_s=120, log="rerun.log")
     try:
         wait_for_checkpoints(second, workdir, cancelled_at + 2, "rerun.log")
         rerun_resumed_from = resumed_from(workdir)  # this attempt's log, before SLURM requeues it

@@ -11,34 +11,27 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import xarray as xr
 import yaml
 
-from hessvalley import store_lock
+from hessvalley import stages, store_lock
 from hessvalley.verify import verify_main
 
-REPO = Path(__file__).resolve().parents[1]
+from .readme import snakemake_commands
+from .snakemake_runner import REPO, Run, planned_jobs, snakemake
+
 pytestmark = pytest.mark.workflow
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
-               "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
-               "--cores", "2", *args]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+def run(workdir: Path, *args: str) -> Run:
+    """Snakemake on the workdir's config.yaml, two cores."""
+    return snakemake(workdir, *args, configfile=workdir / "config.yaml", cores=2)
 
 
-def planned_jobs(workdir: Path) -> dict[str, int]:
+def planned(workdir: Path) -> dict[str, int]:
     """Rule -> job count of what a dry run would execute (empty when nothing is stale)."""
-    output = snakemake(workdir, "-n")
-    text = output.stdout + output.stderr
-    if "Nothing to be done" in text:
-        return {}
-    table = text.split("Job stats:")[1].split("total")[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+    return planned_jobs(run(workdir, "-n").output)
 
 
 def edit_config(workdir: Path, change) -> None:
@@ -52,7 +45,7 @@ def edit_config(workdir: Path, change) -> None:
 def workdir(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("tiny")
     shutil.copy(REPO / "tests/configs/tiny.yaml", workdir / "config.yaml")
-    snakemake(workdir)
+    run(workdir)
     return workdir
 
 
@@ -98,13 +91,13 @@ def test_damaged_trajectory_is_named_by_verify_and_fails_its_curvature_job(
 
     trace = "results/tiny_mlp/seed0/curvature/trace.zarr"
     shutil.rmtree(copy / trace)
-    result = snakemake(copy, trace, check=False)
+    result = snakemake(copy, trace, check=False, configfile=copy / "config.yaml", cores=2)
     assert result.returncode != 0
     assert (
         "hessvalley curvature_trace: store results/tiny_mlp/seed0/trajectory.zarr is damaged: "
         "array 'params' has 0 of 1 chunks (missing c/0/0); delete it (rm -r "
         "results/tiny_mlp/seed0/trajectory.zarr) and re-run snakemake"
-    ) in result.stderr
+    ) in result.output
     assert not (copy / trace).exists()
 
 
@@ -116,44 +109,67 @@ def test_live_store_lock_refuses_a_run_and_warns_a_dry_run(workdir):
     drawn = figure.stat().st_mtime_ns
     store_lock.acquire(trajectory)
     try:
-        dry = snakemake(workdir, "-n", "--forcerun", "training_figure")
-        refused = snakemake(workdir, "--forcerun", "training_figure", check=False)
+        dry = run(workdir, "-n", "--forcerun", "training_figure")
+        refused = snakemake(
+            workdir,
+            "--forcerun",
+            "training_figure",
+            check=False,
+            configfile=workdir / "config.yaml",
+            cores=2,
+        )
     finally:
         store_lock.release(trajectory)
     holder = f"trajectory.zarr (host {socket.gethostname()}, PID {os.getpid()}, since "
-    warned, refusal = dry.stdout + dry.stderr, refused.stdout + refused.stderr
+    warned, refusal = dry.output, refused.output
     assert "Warning: 1 store(s) are being written by jobs that are still running" in warned
     assert holder in warned and "training_figure        1" in warned
     assert refused.returncode != 0 and "WorkflowError" in refusal and holder in refusal
     assert "wait for those jobs to finish (squeue --me) or cancel them (scancel" in refusal
     assert figure.stat().st_mtime_ns == drawn
-    assert planned_jobs(workdir) == {}
+    assert planned(workdir) == {}
 
 
 def test_second_run_has_nothing_to_do(workdir):
-    assert planned_jobs(workdir) == {}
+    assert planned(workdir) == {}
+
+
+def test_printed_job_command_runs_when_pasted_into_a_shell(workdir):
+    """The command Snakemake prints (-p) recreates the job's output in a plain shell: no
+    variable of the workflow's environment (HESSVALLEY_*, PYTHONPATH) is needed."""
+    figure = workdir / "results/figures/tiny_mlp_training.pdf"
+    output = run(workdir, figure.relative_to(workdir).as_posix(), "-n", "-p", "--force").output
+    [command] = re.findall(r"^Shell command: (hessvalley run training_figure .*)$", output, re.M)
+    figure.unlink()
+    figure.with_suffix(".png").unlink()
+    shell = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(Path.home())}
+    pasted = subprocess.run(
+        ["bash", "-c", command], cwd=workdir, env=shell, capture_output=True, text=True
+    )
+    assert pasted.returncode == 0, pasted.stderr[-3000:]
+    assert figure.stat().st_size > 1000 and figure.with_suffix(".png").stat().st_size > 1000
 
 
 def test_execution_keys_rerun_nothing(workdir):
     """The device and the checkpoint flush interval change how jobs run, not their results."""
     edit_config(workdir, lambda c: c.update(device="auto", checkpoint_flush_seconds=0))
-    assert planned_jobs(workdir) == {}
+    assert planned(workdir) == {}
 
 
 def test_figure_key_reruns_only_that_figure(workdir):
     edit_config(workdir, lambda c: c.setdefault("figures", {}).update(training_log_scale=False))
-    assert planned_jobs(workdir) == {"all": 1, "training_figure": 1}
+    assert planned(workdir) == {"all": 1, "training_figure": 1}
 
 
 def test_curvature_key_reruns_only_that_measurement(workdir):
-    snakemake(workdir)
+    run(workdir)
     edit_config(workdir, lambda c: c["curvature"]["trace"].update(matvecs=33))
-    assert planned_jobs(workdir) == {"all": 1, "curvature_trace": 2, "curvature_figure": 1}
+    assert planned(workdir) == {"all": 1, "curvature_trace": 2, "curvature_figure": 1}
 
 
 def test_training_key_reruns_training_and_downstream_only(workdir):
     edit_config(workdir, lambda c: c["runs"]["tiny_mlp"]["optimizer"].update(lr=0.05))
-    jobs = planned_jobs(workdir)
+    jobs = planned(workdir)
     assert jobs.get("train") == 2 and jobs.get("training_figure") == 1
     assert jobs.get("curvature_eigen") == 2 and jobs.get("curvature_spectrum") == 2
     assert "dataset" not in jobs
@@ -161,8 +177,105 @@ def test_training_key_reruns_training_and_downstream_only(workdir):
 
 def test_adding_a_seed_trains_only_that_seed(workdir):
     edit_config(workdir, lambda c: c["runs"]["tiny_mlp"].update(seeds=[0, 1, 2]))
-    snakemake(
-        workdir, "results/tiny_mlp/seed0/trajectory.zarr", "results/tiny_mlp/seed1/trajectory.zarr"
-    )
-    jobs = planned_jobs(workdir)
+    run(workdir, "results/tiny_mlp/seed0/trajectory.zarr", "results/tiny_mlp/seed1/trajectory.zarr")
+    jobs = planned(workdir)
     assert jobs.get("train") == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_failure_a_retry_cannot_fix_says_why(workdir, tmp_path):
+    """A job that cannot succeed (CUDA asked for, none present) exits 3 and its one-line reason
+    is in Snakemake's output, not only in the job's log."""
+    dataset = Path("resources/data/digits.zarr")
+    shutil.copytree(workdir / dataset, tmp_path / dataset)  # with mtimes: only train runs
+    shutil.copy(workdir / "config.yaml", tmp_path / "config.yaml")
+    target = "results/tiny_mlp/seed0/trajectory.zarr"
+    result = snakemake(
+        tmp_path,
+        target,
+        "--config",
+        "device=cuda",
+        configfile=tmp_path / "config.yaml",
+        cores=1,
+        check=False,
+    )
+    assert result.returncode != 0
+    reason = "hessvalley train: device 'cuda' requested but torch sees no CUDA device: run on"
+    assert reason in result.output, result.output[-3000:]
+    assert "exit status 3" in result.output, result.output[-3000:]
+    assert not (tmp_path / target).exists()
+
+
+# -- which jobs a config asks for ------------------------------------------------------------
+
+TINY = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+
+
+def dry_run(workdir: Path, config: dict, *args: str) -> str:
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return snakemake(workdir, *args, "-n", configfile=path).output
+
+
+def test_absent_sections_add_no_jobs(tmp_path):
+    config = {key: value for key, value in TINY.items() if key not in ("toy", "curvature")}
+    jobs = planned_jobs(dry_run(tmp_path, config))
+    assert jobs == {"dataset": 1, "train": 2, "training_figure": 1, "all": 1}
+
+
+def test_each_given_section_adds_its_jobs(tmp_path):
+    """One toy sub-section makes one toy figure; a curvature section without `runs` measures
+    every run."""
+    config = {**TINY, "toy": {"fig7": {"steps": 100, "average_from": 50}}, "curvature": {}}
+    jobs = planned_jobs(dry_run(tmp_path, config))
+    assert jobs == {
+        "dataset": 1,
+        "train": 2,
+        "training_figure": 1,
+        "toy_fig7": 1,
+        "wei2020_fig7": 1,
+        "curvature_trace": 2,
+        "curvature_eigen": 2,
+        "curvature_figure": 1,
+        "all": 1,
+    }
+
+
+def test_a_figure_of_an_absent_section_is_still_a_target(tmp_path):
+    config = {key: value for key, value in TINY.items() if key != "toy"}
+    jobs = planned_jobs(dry_run(tmp_path, config, "results/figures/wei2020_fig2b.pdf"))
+    assert jobs == {"toy_fig2b": 1, "wei2020_fig2b": 1}
+
+
+def test_every_rule_asks_for_its_own_resources(tmp_path):
+    """runtime and mem_mb of each rule's jobs are the config's resources.<rule>."""
+    asked = {rule: [100 + i, 1000 + i] for i, rule in enumerate(sorted(stages.STAGES))}
+    config = {
+        **TINY,
+        "projection": {
+            "runs": {"tiny_mlp": None},
+            "figures": {"fig1": ["tiny_mlp"], "fig3": ["tiny_mlp"], "fig4": ["tiny_mlp"]},
+        },
+        "resources": {
+            **{rule: {"runtime": t, "mem_mb": m} for rule, (t, m) in asked.items()},
+            "limits": {"runtime": 200, "mem_mb": 2000},
+        },
+    }
+    output = dry_run(tmp_path, config)
+    jobs = re.findall(r"^rule (\w+):\n((?:    .*\n)+)", output, re.M)
+    got = {
+        rule: [int(re.search(rf"\b{key}=(\d+)", block)[1]) for key in ("runtime", "mem_mb")]
+        for rule, block in jobs
+        if rule != "all"
+    }
+    assert set(got) >= set(stages.STAGES) - {"claims"}, sorted(got)
+    assert got == {rule: asked[rule] for rule in got}
+
+
+def test_readme_report_command_works(workdir):
+    """README's report command, as written, after the tiny workflow (which makes no figure that
+    states a claim): one self-contained HTML file with the run's figures."""
+    [args] = [command for command in snakemake_commands() if "--report" in command]
+    run(workdir, *args)
+    report = workdir / "results/report.html"
+    assert report.stat().st_size > 100_000 and "tiny_mlp_training.png" in report.read_text()

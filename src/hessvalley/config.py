@@ -3,11 +3,19 @@
 Runs when the Snakefile is parsed, so a bad config fails before any job starts, with a
 message naming the key (``runs.digits_mlp.optimizer.lr``) and what is wrong with it.
 Kept free of torch so parsing the workflow stays fast.
+
+Three rules hold for every key: a user-chosen name (of a run or a dataset, and every
+reference to one) matches ``NAME_PATTERN``, since it becomes a file name and a wildcard;
+every number is finite; and a string where the schema wants a number, boolean or null is
+read as YAML first, because Snakemake passes nested ``--config`` values as strings
+(``--config 'figures={dpi: 80}'`` gives ``{'dpi': '80'}``).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -16,6 +24,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from hessvalley import resources, stages
 from hessvalley.projection import plan as projection_plan
 from hessvalley.schedule import (
     TORCHVISION_SOURCES,
@@ -38,6 +47,18 @@ MODEL_KWARGS: dict[str, set[str]] = {
     "densenet": {"blocks", "growth_rate", "reduction"},
     "resnet56": {"width"},
 }
+
+
+# User-chosen names (runs, datasets) become paths and wildcards: one conservative rule for all.
+NAME_PATTERN = "^[A-Za-z][A-Za-z0-9_-]*$"
+NAME_RULE = (
+    "a name must start with a letter and hold only letters, digits, '_' and '-' "
+    "(it becomes a file name and a wildcard)"
+)
+
+# Sections that add jobs to the default target only when the config states them; their keys
+# still get defaults, so an explicitly requested output of an absent section runs.
+OPTIONAL_SECTIONS = ("toy.fig2b", "toy.fig2cd", "toy.fig7", "projection", "curvature")
 
 
 class ConfigError(ValueError):
@@ -66,17 +87,90 @@ _Validator = _with_defaults(jsonschema.Draft202012Validator)
 
 
 def load_schema(path: str | os.PathLike = SCHEMA_PATH) -> dict[str, Any]:
+    return copy.deepcopy(_parsed_schema(Path(path)))
+
+
+@functools.cache
+def _parsed_schema(path: Path) -> dict[str, Any]:
+    """The schema file, parsed once per process (the pure-Python YAML parser takes ~0.3 s)."""
     with open(path) as handle:
-        return yaml.safe_load(handle)
+        return yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    where = key_path(error.absolute_path)
+    if error.validator == "pattern" and error.validator_value == NAME_PATTERN:
+        if "propertyNames" in error.relative_schema_path:
+            return f"{where}.{error.instance!r}: {NAME_RULE}"
+        return f"{where}: {error.instance!r} is not a valid name: {NAME_RULE}"
+    return f"{where}: {error.message}"
 
 
 def _schema_errors(config: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
-    messages = []
+    return [_message(error) for error in errors]
+
+
+def _yaml_scalar(text: str) -> Any:
+    """``text`` read as YAML when it is a number, boolean or null; else ``text`` itself."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if value is None or isinstance(value, (bool, int, float)) else text
+
+
+def _refused_strings(errors: Iterator[jsonschema.ValidationError]) -> Iterator[tuple]:
+    """Paths of the strings among ``errors`` where the schema wants another type, also those
+    inside the alternatives of a ``oneOf`` (such as an object form of a key)."""
     for error in errors:
-        where = key_path(error.absolute_path)
-        messages.append(f"{where}: {error.message}")
-    return messages
+        wrong_type = error.validator in ("type", "oneOf", "anyOf")
+        if wrong_type and isinstance(error.instance, str) and error.absolute_path:
+            yield tuple(error.absolute_path), error.instance
+        yield from _refused_strings(iter(error.context or ()))
+
+
+def _coerce_strings(config: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Replace, in place, every string the schema refuses by its YAML reading when that is a
+    number, boolean or null: nested ``--config`` overrides arrive as strings."""
+    while True:
+        changes = {
+            path: value
+            for path, text in _refused_strings(_Validator(schema).iter_errors(config))
+            if (value := _yaml_scalar(text)) is not text
+        }
+        if not changes:
+            return
+        for (*parents, last), value in changes.items():
+            node = config
+            for part in parents:
+                node = node[part]
+            node[last] = value
+
+
+def _non_finite(value: Any, path: tuple = ()) -> Iterator[str]:
+    """``key: value`` lines for every NaN or infinity in the config."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_finite(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _non_finite(item, (*path, index))
+    elif isinstance(value, float) and not math.isfinite(value):
+        yield f"{key_path(path)}: {value} is not a finite number"
+
+
+def sections_given(config: Mapping[str, Any]) -> set[str]:
+    """The optional sections (``OPTIONAL_SECTIONS``) that ``config`` states, read before
+    validation fills in defaults: only these add jobs to the default target."""
+    given = set()
+    for section in OPTIONAL_SECTIONS:
+        node: Any = config
+        for part in section.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is not None:
+            given.add(section)
+    return given
 
 
 Check = Callable[[dict[str, Any]], Iterator[str]]
@@ -94,7 +188,9 @@ def validate_config(
 ) -> dict[str, Any]:
     """Return a validated copy of ``config`` with defaults filled, or raise ConfigError."""
     config = copy.deepcopy(dict(config))
-    messages = _schema_errors(config, load_schema(schema_path))
+    schema = load_schema(schema_path)
+    _coerce_strings(config, schema)
+    messages = _schema_errors(config, schema) + list(_non_finite(config))
     if not messages:
         for function in CHECKS:
             messages.extend(function(config))
@@ -156,8 +252,6 @@ def _init_chain(config: Mapping[str, Any], name: str) -> list[str]:
 def _runs(config: dict[str, Any]) -> Iterator[str]:
     for name, run in config["runs"].items():
         key = f"runs.{name}"
-        if "/" in name or name.startswith("."):
-            yield f"{key}: a run name may not contain '/' or start with '.'"
         dataset_name = run["dataset"]
         if dataset_name not in config["datasets"]:
             known = ", ".join(sorted(config["datasets"])) or "none"
@@ -234,3 +328,22 @@ def _curvature(config: dict[str, Any]) -> Iterator[str]:
                 f"curvature.spectrum.runs: {name!r} is not in curvature.runs "
                 "(its spectrum would never be plotted); add it there too"
             )
+
+
+@check
+def _resources(config: dict[str, Any]) -> Iterator[str]:
+    section = config["resources"]
+    limits = section["limits"]
+    for rule, requested in section.items():
+        if rule == "limits":
+            continue
+        if rule != "default" and rule not in stages.STAGES:
+            known = ", ".join(sorted(stages.STAGES))
+            yield f"resources.{rule}: no rule of that name (rules: {known})"
+            continue
+        for key in resources.KEYS:
+            if requested.get(key, 0) > limits[key]:
+                yield (
+                    f"resources.{rule}.{key}: {requested[key]} is above resources.limits.{key} "
+                    f"({limits[key]}); raise the limit if your cluster allows it"
+                )

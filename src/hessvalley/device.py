@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from hessvalley.determinism import use_deterministic_cublas
+from hessvalley.errors import HessvalleyError
 
 
 def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
@@ -17,6 +18,9 @@ def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
     device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+            raise HessvalleyError(
+                "device 'cuda' requested but torch sees no CUDA device: run on a GPU node "
+                "(SLURM: config key gpu >= 1) or set device: cpu or auto"
+            )
         use_deterministic_cublas()
     return device

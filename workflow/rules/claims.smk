@@ -18,6 +18,9 @@ rule claims:
     benchmark:
         "benchmarks/claims.tsv"
     threads: 1
+    resources:
+        runtime=runtime("claims"),
+        mem_mb=mem_mb("claims"),
     params:
         kwargs=lambda w: as_json({}),
         io=lambda w, input, output: as_json(

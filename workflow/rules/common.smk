@@ -13,10 +13,14 @@ SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
 from hessvalley import stages, store_lock
-from hessvalley.config import ConfigError, validate_config
+from hessvalley.config import ConfigError, sections_given, validate_config
 from hessvalley.hessian_keys import hessian_keys
 from hessvalley.projection import plan as projection_plan
+from hessvalley.resources import job_resource
 
+# The optional sections (toy figures, projection, curvature) the config states: only these
+# add jobs to the default target. Read before validation fills in every section's defaults.
+GIVEN = sections_given(config)
 try:
     config.update(validate_config(config))
 except ConfigError as err:
@@ -100,6 +104,18 @@ def hessvalley(stage):
         f"hessvalley run {stage} --kwargs {{params.kwargs:q}} --io {{params.io:q}}"
         " --threads {threads} --log {log:q}"
     )
+
+
+def runtime(rule):
+    """Minutes a job of `rule` asks for: resources.<rule> (else .default) x attempt, capped
+    at resources.limits, so a retry is never refused for asking more than the cluster has.
+    """
+    return lambda wildcards, attempt: job_resource(config, rule, "runtime", attempt)
+
+
+def mem_mb(rule):
+    """MB of memory a job of `rule` asks for, grown and capped as `runtime`."""
+    return lambda wildcards, attempt: job_resource(config, rule, "mem_mb", attempt)
 
 
 def as_json(value):
@@ -197,6 +213,8 @@ def figure_paths(figure, kind):
 
 
 def projection_targets():
+    if "projection" not in GIVEN:
+        return []
     paths = [
         f"{projected_dir(s, seed)}/{name}.zarr"
         for s in PROJECTED
@@ -262,8 +280,9 @@ def curvature_figure_inputs(wildcards):
 
 
 def curvature_targets():
-    figures = [f"{FIGURES}/{s}_curvature.pdf" for s in curvature_settings()]
-    return figures
+    if "curvature" not in GIVEN:
+        return []
+    return [f"{FIGURES}/{s}_curvature.pdf" for s in curvature_settings()]
 
 
 TARGETS = []

@@ -16,6 +16,8 @@ rule curvature_trace:
         "benchmarks/curvature/{setting}/seed{seed}_trace.tsv"
     threads: config["threads"]
     resources:
+        runtime=runtime("curvature_trace"),
+        mem_mb=mem_mb("curvature_trace"),
         gpu=config["gpu"],
     params:
         kwargs=lambda w: curvature_kwargs(w, "trace"),
@@ -39,6 +41,8 @@ rule curvature_eigen:
         "benchmarks/curvature/{setting}/seed{seed}_eigen.tsv"
     threads: config["threads"]
     resources:
+        runtime=runtime("curvature_eigen"),
+        mem_mb=mem_mb("curvature_eigen"),
         gpu=config["gpu"],
     params:
         kwargs=lambda w: curvature_kwargs(w, "eigen"),
@@ -62,6 +66,8 @@ rule curvature_spectrum:
         "benchmarks/curvature/{setting}/seed{seed}_spectrum.tsv"
     threads: config["threads"]
     resources:
+        runtime=runtime("curvature_spectrum"),
+        mem_mb=mem_mb("curvature_spectrum"),
         gpu=config["gpu"],
     params:
         kwargs=lambda w: curvature_kwargs(w, "spectrum"),
@@ -89,6 +95,9 @@ rule curvature_figure:
     benchmark:
         "benchmarks/figures/{setting}_curvature.tsv"
     threads: 1
+    resources:
+        runtime=runtime("curvature_figure"),
+        mem_mb=mem_mb("curvature_figure"),
     params:
         kwargs=lambda w: as_json(
             {

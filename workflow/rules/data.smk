@@ -11,6 +11,9 @@ rule dataset:
     benchmark:
         "benchmarks/data/{dataset}.tsv"
     threads: 1
+    resources:
+        runtime=runtime("dataset"),
+        mem_mb=mem_mb("dataset"),
     params:
         kwargs=lambda w: as_json(
             {"spec": config["datasets"][w.dataset], "name": w.dataset}

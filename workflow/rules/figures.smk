@@ -18,6 +18,9 @@ rule training_figure:
     benchmark:
         "benchmarks/figures/{setting}_training.tsv"
     threads: 1
+    resources:
+        runtime=runtime("training_figure"),
+        mem_mb=mem_mb("training_figure"),
     params:
         kwargs=lambda w: as_json(
             {

@@ -32,6 +32,8 @@ rule projection_segment:
         segment=r"\d+",
     threads: config["threads"]
     resources:
+        runtime=runtime("projection_segment"),
+        mem_mb=mem_mb("projection_segment"),
         gpu=config["gpu"],
     params:
         kwargs=lambda w: as_json(
@@ -62,6 +64,9 @@ rule projected_path:
     wildcard_constraints:
         setting=PROJECTED_RE,
     threads: 1
+    resources:
+        runtime=runtime("projected_path"),
+        mem_mb=mem_mb("projected_path"),
     params:
         kwargs=lambda w: as_json({"setting": w.setting, "seed": int(w.seed)}),
         io=lambda w, input, output: as_json(
@@ -87,6 +92,8 @@ rule projected_trace:
         setting=PROJECTED_RE,
     threads: config["threads"]
     resources:
+        runtime=runtime("projected_trace"),
+        mem_mb=mem_mb("projected_trace"),
         gpu=config["gpu"],
     params:
         kwargs=lambda w: as_json(
@@ -127,6 +134,9 @@ rule wei2020_fig1:
     benchmark:
         "benchmarks/figures/wei2020_fig1.tsv"
     threads: 1
+    resources:
+        runtime=runtime("wei2020_fig1"),
+        mem_mb=mem_mb("wei2020_fig1"),
     params:
         kwargs=lambda w: as_json({"figures": figure_options()}),
         io=lambda w, input, output: as_json(
@@ -157,6 +167,9 @@ rule wei2020_fig3:
     benchmark:
         "benchmarks/figures/wei2020_fig3.tsv"
     threads: 1
+    resources:
+        runtime=runtime("wei2020_fig3"),
+        mem_mb=mem_mb("wei2020_fig3"),
     params:
         kwargs=lambda w: as_json({"figures": figure_options()}),
         io=lambda w, input, output: as_json(
@@ -185,6 +198,9 @@ rule wei2020_fig4:
     benchmark:
         "benchmarks/figures/wei2020_fig4.tsv"
     threads: 1
+    resources:
+        runtime=runtime("wei2020_fig4"),
+        mem_mb=mem_mb("wei2020_fig4"),
     params:
         kwargs=lambda w: as_json({"figures": figure_options()}),
         io=lambda w, input, output: as_json(

@@ -13,6 +13,9 @@ rule toy_fig2b:
     benchmark:
         "benchmarks/toy/wei2020_fig2b.tsv"
     threads: 1
+    resources:
+        runtime=runtime("toy_fig2b"),
+        mem_mb=mem_mb("toy_fig2b"),
     params:
         kwargs=lambda w: as_json({"spec": config["toy"]["fig2b"]}),
         io=lambda w, input, output: as_json({"output": output[0]}),
@@ -30,6 +33,9 @@ rule toy_fig2cd:
     benchmark:
         "benchmarks/toy/wei2020_fig2cd.tsv"
     threads: 1
+    resources:
+        runtime=runtime("toy_fig2cd"),
+        mem_mb=mem_mb("toy_fig2cd"),
     params:
         kwargs=lambda w: as_json({"spec": config["toy"]["fig2cd"]}),
         io=lambda w, input, output: as_json({"output": output[0]}),
@@ -47,6 +53,9 @@ rule toy_fig7:
     benchmark:
         "benchmarks/toy/wei2020_fig7.tsv"
     threads: 1
+    resources:
+        runtime=runtime("toy_fig7"),
+        mem_mb=mem_mb("toy_fig7"),
     params:
         kwargs=lambda w: as_json({"spec": config["toy"]["fig7"]}),
         io=lambda w, input, output: as_json({"output": output[0]}),
@@ -71,6 +80,9 @@ rule wei2020_fig2b:
     benchmark:
         "benchmarks/figures/wei2020_fig2b.tsv"
     threads: 1
+    resources:
+        runtime=runtime("wei2020_fig2b"),
+        mem_mb=mem_mb("wei2020_fig2b"),
     params:
         kwargs=lambda w: as_json(
             {"figures": {k: config["figures"][k] for k in ("dpi", "band")}}
@@ -99,6 +111,9 @@ rule wei2020_fig2cd:
     benchmark:
         "benchmarks/figures/wei2020_fig2cd.tsv"
     threads: 1
+    resources:
+        runtime=runtime("wei2020_fig2cd"),
+        mem_mb=mem_mb("wei2020_fig2cd"),
     params:
         kwargs=lambda w: as_json(
             {"figures": {k: config["figures"][k] for k in ("dpi", "band")}}
@@ -127,6 +142,9 @@ rule wei2020_fig7:
     benchmark:
         "benchmarks/figures/wei2020_fig7.tsv"
     threads: 1
+    resources:
+        runtime=runtime("wei2020_fig7"),
+        mem_mb=mem_mb("wei2020_fig7"),
     params:
         kwargs=lambda w: as_json(
             {"figures": {k: config["figures"][k] for k in ("dpi", "band")}}
@@ -139,5 +157,9 @@ rule wei2020_fig7:
 
 
 targets(
-    lambda: [f"{FIGURES}/wei2020_{name}.pdf" for name in ("fig2b", "fig2cd", "fig7")]
+    lambda: [
+        f"{FIGURES}/wei2020_{name}.pdf"
+        for name in ("fig2b", "fig2cd", "fig7")
+        if f"toy.{name}" in GIVEN
+    ]
 )

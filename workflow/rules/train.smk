@@ -14,6 +14,8 @@ rule train:
         "benchmarks/train/{setting}/seed{seed}.tsv"
     threads: config["threads"]
     resources:
+        runtime=runtime("train"),
+        mem_mb=mem_mb("train"),
         gpu=config["gpu"],
     params:
         kwargs=train_kwargs,
