@@ -16,13 +16,7 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-# The report opens with the claims table once the claims rule has written it.
-REPORT_TEXT = (
-    "workflow.rst" if Path("results/claims.rst").is_file() else "workflow_no_claims.rst"
-)
-
-
-report: f"workflow/report/{REPORT_TEXT}"
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
