@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
+from record import figure, write_result
 
 from hessvalley.config import validate_config
 from hessvalley.data import build_dataset_store, load_dataset
@@ -37,6 +38,7 @@ from hessvalley.projection.replay import SGDStates
 from hessvalley.train import train_run, trainer_for
 from hessvalley.trajectory_store import read_state
 
+MEASURES = "projection stage: GD projection per state, exact replay, interpolation (medians)"
 # The embedded default's projected runs (config/config.yaml).
 SETTINGS = {
     "mlp": (
@@ -72,7 +74,7 @@ def make_trajectory(model: str, epochs: int, directory: Path) -> str:
     return output
 
 
-def bench_projection(group: zarr.Group, data, threshold: float, repeats: int) -> None:
+def bench_projection(group: zarr.Group, data, threshold: float, repeats: int) -> float:
     gd = gd_trainer(group, "cpu", data)
     n = int(group.attrs["n_checkpoints"])
     checkpoints = sorted({n // 4, n // 2, 3 * n // 4, n - 1})
@@ -92,9 +94,10 @@ def bench_projection(group: zarr.Group, data, threshold: float, repeats: int) ->
         f"median {statistics.median(steps):.0f} GD steps, "
         f"{1e3 * statistics.median(per_step):.2f} ms per GD step"
     )
+    return statistics.median(per_state)
 
 
-def bench_replay(group: zarr.Group, data, repeats: int) -> None:
+def bench_replay(group: zarr.Group, data, repeats: int) -> float:
     per_step = []
     n_steps = int(group.attrs["steps_per_epoch"])
     for _ in range(repeats):
@@ -106,9 +109,12 @@ def bench_replay(group: zarr.Group, data, repeats: int) -> None:
         f"  replay: {1 / statistics.median(per_step):.0f} SGD steps/s "
         f"({1e3 * statistics.median(per_step):.2f} ms per step)"
     )
+    return 1 / statistics.median(per_step)
 
 
-def bench_interpolation(group: zarr.Group, data, batches: list[int], repeats: int, points: int):
+def bench_interpolation(
+    group: zarr.Group, data, batches: list[int], repeats: int, points: int
+) -> dict[int, float]:
     trainer = trainer_for(group, "cpu", data)
     a, b = read_state(group, 0), read_state(group, -1)
     params, buffers = line_points((a.params, a.buffers), (b.params, b.buffers),
@@ -125,6 +131,7 @@ def bench_interpolation(group: zarr.Group, data, batches: list[int], repeats: in
             reference = train if reference is None else reference
             np.testing.assert_allclose(train, reference, rtol=1e-5)
     base = statistics.median(times[batches[0]])
+    rates = {}
     for batch in batches:
         median = statistics.median(times[batch])
         label = "one at a time" if batch == 1 else f"batch {batch} (vmap)"
@@ -132,6 +139,8 @@ def bench_interpolation(group: zarr.Group, data, batches: list[int], repeats: in
             f"  interpolation, {label}: {points / median:.0f} points/s "
             f"(train + validation loss each), x{base / median:.2f} vs batch {batches[0]}"
         )
+        rates[batch] = points / median
+    return rates
 
 
 def main() -> None:
@@ -145,15 +154,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    figures = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             path = make_trajectory(model, args.epochs, Path(tmp))
             group = zarr.open_group(path, mode="r")
             data = load_dataset(group.attrs["data"], "cpu")
             print(f"{model}: {data.n_train} training samples, {args.threads} thread(s)")
-            bench_projection(group, data, args.threshold, max(1, args.repeats // 2))
-            bench_replay(group, data, args.repeats)
-            bench_interpolation(group, data, args.batches, args.repeats, args.points)
+            seconds = bench_projection(group, data, args.threshold, max(1, args.repeats // 2))
+            replay = bench_replay(group, data, args.repeats)
+            rates = bench_interpolation(group, data, args.batches, args.repeats, args.points)
+            best = max(rates, key=rates.get)
+            figures += [
+                figure(f"{model}: GD projection per state", round(seconds, 3), "s"),
+                figure(f"{model}: exact SGD replay", round(replay), "steps/s"),
+                figure(f"{model}: interpolation, batch {best}", round(rates[best]), "points/s"),
+                figure(
+                    f"{model}: interpolation, batch {best} / one at a time",
+                    round(rates[best] / rates[args.batches[0]], 2),
+                    "x",
+                ),
+            ]
+    write_result("bench_projection", MEASURES, figures, vars(args))
 
 
 if __name__ == "__main__":

@@ -20,9 +20,11 @@ import statistics
 import time
 
 import torch
+from record import figure, write_result
 
 from hessvalley import toy
 
+MEASURES = "toy-model noisy-GD simulator throughput (complete runs per second, medians)"
 # loss -> (conditions: (eta, noise) pairs, default runs per condition, start) of its figure
 SETTINGS = {
     "abs_valley": (
@@ -88,14 +90,19 @@ def main() -> None:
           f"device={args.device}, float64")  # fmt: skip
     header = ("loss", "batch", "median s", "min-max s", "us/step", "run-steps/s", "runs/s")
     print("{:<16} {:>12} {:>9} {:>15} {:>9} {:>12} {:>10}".format(*header))
+    figures = []
     for (name, runs), values in times.items():
         batch = len(SETTINGS[name][0]) * runs
         median = statistics.median(values)
+        label = f"{name} ({len(SETTINGS[name][0])}x{runs} runs of {args.steps} steps)"
+        figures.append(figure(label, round(batch / median), "runs/s"))
         print(
             f"{name:<16} {f'{len(SETTINGS[name][0])}x{runs}':>12} {median:>9.3f} "
             f"{f'{min(values):.3f}-{max(values):.3f}':>15} {1e6 * median / args.steps:>9.1f} "
             f"{batch * args.steps / median:>12.3g} {batch / median:>10.4g}"
         )
+
+    write_result("bench_toy", MEASURES, figures, vars(args))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,11 @@ MARKER_DIR = Path(os.environ.get("HESSVALLEY_SLURM_MARKER_DIR", "/tmp/hessvalley
 # Attributes that must agree between the runs; others (versions, paths) describe the host.
 COMPARED_ATTRS = ("config", "config_hash", "seed", "complete", "n_complete", "n_checkpoints")
 # Test-only overrides of the profile: poll sacct soon after submitting, do not wait for NFS.
-FAST_POLLING = ["--slurm-init-seconds-before-status-checks", "2", "--latency-wait", "5"]
+FAST_POLLING = [
+    "--slurm-init-seconds-before-status-checks=2",
+    "--seconds-between-status-checks=2",
+    "--latency-wait=5",
+]
 
 pytestmark = pytest.mark.slurm
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hessvalley import stages
 
@@ -179,3 +183,91 @@ def test_parse_time_and_gather_modules_do_not_import_torch(module):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert loaded == "[]", f"importing {module} imports {loaded}"
+
+
+TINY_RUN = {
+    "threads": 1,
+    "datasets": {"digits": {"source": "digits", "n_train": 128, "n_val": 64}},
+    "runs": {
+        "tiny": {
+            "dataset": "digits",
+            "model": {"name": "mlp", "widths": [8]},
+            "optimizer": {"lr": 0.1, "batch_size": 32},
+            "epochs": 1,
+        }
+    },
+    "figures": {"dpi": 30},
+}
+
+
+def move_load_curves(package: Path) -> None:
+    """Move figures.training.load_curves into figures.common (a pure refactor)."""
+    training, common = package / "figures" / "training.py", package / "figures" / "common.py"
+    text = training.read_text()
+    node = next(n for n in ast.parse(text).body if getattr(n, "name", "") == "load_curves")
+    lines = text.splitlines(keepends=True)
+    function = "".join(lines[node.lineno - 1 : node.end_lineno])
+    text = "".join(lines[: node.lineno - 1] + lines[node.end_lineno :])
+    text = text.replace(
+        "from hessvalley.figures.common import new_figure,",
+        "from hessvalley.figures.common import load_curves, new_figure,",
+    )
+    training.write_text(text)
+    imports = "from collections.abc import Sequence\n\nfrom hessvalley import store\n"
+    shared = common.read_text().replace("import numpy as np\n", f"import numpy as np\n\n{imports}")
+    common.write_text(f"{shared}\n\n{function}")
+
+
+@pytest.mark.workflow
+def test_moving_a_function_changes_no_rule_code_and_touch_accepts_it(tmp_path):
+    """A pure refactor changes no rule's recorded code or set of input files, only
+    the content of the moved code (the stage's code stamp), so the stages importing it are
+    planned again and `snakemake --touch` accepts their results; a touched but unchanged
+    module re-runs nothing, an edited one exactly the stages importing it."""
+    from .snakemake_runner import planned_jobs, snakemake
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("Snakefile", "workflow", "src", "config"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, repo / name, ignore=ignore)
+        else:
+            shutil.copy(source, repo / name)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    config = workdir / "config.yaml"
+    config.write_text(yaml.safe_dump(TINY_RUN))
+
+    def run(*args: str) -> str:
+        options = {"snakefile": repo / "Snakefile", "configfile": config, "cores": 2}
+        return snakemake(workdir, *args, **options).output
+
+    run()
+    before = {s: stages.stage_sources(s) for s in stages.STAGES}
+    move_load_curves(repo / "src" / "hessvalley")
+    package = str(repo / "src" / "hessvalley")
+    code = (
+        "import json; from hessvalley import stages; "
+        "print(json.dumps({s: stages.stage_sources(s) for s in stages.STAGES}))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(repo / "src")}
+    moved = subprocess.run(  # the moved copy's sources, as its workflow derives them
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    after = json.loads(moved.stdout)
+    relative = {s: [p.replace(package, "") for p in after[s]] for s in after}
+    assert relative == {s: [p.replace(str(PACKAGE), "") for p in v] for s, v in before.items()}
+    for recorded in ("code", "input"):  # the rule code and the set of input files
+        listed = run("--list-changes", recorded).splitlines()
+        assert not [line for line in listed if line.startswith("results/")], listed
+    assert planned_jobs(run("-n")) == {"all": 1, "training_figure": 1}  # its code changed
+    run("--touch")
+    assert planned_jobs(run("-n")) == {}
+    # Code stamps follow content, not modification times, and only the importing stages.
+    os.utime(repo / "src" / "hessvalley" / "train.py")
+    assert planned_jobs(run("-n")) == {}
+    with open(repo / "src" / "hessvalley" / "figures" / "training.py", "a") as module:
+        module.write("# an edit\n")
+    assert planned_jobs(run("-n")) == {"all": 1, "training_figure": 1}

@@ -2,9 +2,10 @@
 
 Every rule runs ``hessvalley run <stage>``, so a rule's recorded code (one of Snakemake's
 re-run triggers) names the stage, not where its function lives: moving a function between
-modules edits this table, not the rules. A rule's source inputs are the files of its stage's
+modules edits this table, not the rules. A stage's sources are the files of its module's
 import closure, derived from the import statements (``import_closure``), so they follow a
-move or a split by themselves and never miss a module a stage uses.
+move or a split by themselves and never miss a module a stage uses; a rule's source input is
+one code stamp listing them with their hashes (``write_code_stamp``).
 
 Torch-free and import-free: the workflow reads it while it parses (names are checked there,
 so a typo fails before any job runs), and the files are read with ``ast``, never imported.
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
+import os
 from pathlib import Path
 
 PACKAGE = "hessvalley"
@@ -81,7 +84,8 @@ def _package_of(module: str, path: Path) -> str:
     return module if path.name == "__init__.py" else module.rpartition(".")[0]
 
 
-def imported_modules(module: str) -> set[str]:
+@functools.cache
+def imported_modules(module: str) -> frozenset[str]:
     """Package modules that ``module``'s import statements (anywhere in the file, function
     level included) name, directly or as ``from package import submodule``."""
     path = module_file(module)
@@ -99,7 +103,7 @@ def imported_modules(module: str) -> set[str]:
                 base = ".".join([*anchor, base] if base else anchor)
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {name for name in found if module_file(name) is not None}
+    return frozenset(name for name in found if module_file(name) is not None)
 
 
 def _with_parents(module: str) -> list[str]:
@@ -151,7 +155,44 @@ def check_stage(stage: str) -> None:
 def stage_sources(stage: str) -> list[str]:
     """The source files a stage's results depend on: its module's import closure."""
     check_stage(stage)
-    return [str(path) for path in import_closure(target(stage)[0])]
+    return list(_closure_files(target(stage)[0]))
+
+
+@functools.cache
+def _closure_files(module: str) -> tuple[str, ...]:
+    return tuple(str(path) for path in import_closure(module))
+
+
+@functools.cache
+def _file_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def sources_digest(stage: str) -> str:
+    """``sha256  path`` lines (as sha256sum writes them) of the stage's source files, paths
+    relative to the package root: what the stage's results depend on, as text."""
+    lines = []
+    for path in stage_sources(stage):
+        relative = Path(path).relative_to(PACKAGE_ROOT.parent).as_posix()
+        lines.append(f"{_file_digest(path)}  {relative}")
+    return "\n".join(lines) + "\n"
+
+
+def write_code_stamp(stage: str, folder: str | Path) -> Path:
+    """``<folder>/<stage>.sha256``: the stage's ``sources_digest``, rewritten only when it
+    changes. A rule takes this one file as its source input, so its jobs re-run exactly when
+    the content of a file the stage imports changes (not when a file is merely touched, and
+    not for files it does not import), and a job has one source input rather than dozens:
+    Snakemake resolves and prints every input of every job, which for thousands of jobs
+    costs minutes."""
+    text = sources_digest(stage)
+    path = Path(folder) / f"{stage}.sha256"
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return path
 
 
 def summary(stage: str) -> str:

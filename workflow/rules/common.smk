@@ -83,11 +83,16 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+CODE_STAMPS = ".hessvalley/code"
+
+
 def stage_sources(stage):
-    """Source files of a stage (its module's import closure): editing one re-runs exactly
-    the stale stages, and a function moved between modules needs no rule edit."""
+    """The stage's code stamp (hessvalley.stages.write_code_stamp): the hashes of the files
+    its module imports, rewritten only when one changes, so editing a module re-runs exactly
+    the stages that import it, and a function moved between modules needs no rule edit.
+    """
     try:
-        return stages.stage_sources(stage)
+        return str(stages.write_code_stamp(stage, CODE_STAMPS))
     except stages.UnknownStageError as err:
         raise WorkflowError(str(err)) from None
 
@@ -99,7 +104,10 @@ def hessvalley(stage):
     job) and `io` (paths, derived from input/output; Snakemake tracks those itself). Every
     value is quoted; the command runs as printed when pasted into a shell.
     """
-    stage_sources(stage)  # an unknown stage fails here, when the workflow is parsed
+    try:
+        stages.check_stage(stage)  # an unknown stage fails here, when the workflow is parsed
+    except stages.UnknownStageError as err:
+        raise WorkflowError(str(err)) from None
     return (
         f"hessvalley run {stage} --kwargs {{params.kwargs:q}} --io {{params.io:q}}"
         " --threads {threads} --log {log:q}"
