@@ -74,22 +74,44 @@ def test_unknown_stages_and_functions_fail_with_the_name(monkeypatch):
         stages.stage_sources("bad")
 
 
+IMPORTS_PER_MODULE = """
+import importlib, json, os, sys
+import matplotlib, numpy, scipy, sklearn, torch, zarr  # heavy dependencies, loaded once
+files = {}
+for module in json.loads(sys.argv[1]):
+    read, write = os.pipe()
+    if os.fork() == 0:  # a fresh copy of this process imports one stage module
+        importlib.import_module(module)
+        loaded = [m.__file__ for n, m in sys.modules.items()
+                  if n.split(".")[0] == "hessvalley" and getattr(m, "__file__", None)]
+        os.write(write, json.dumps(loaded).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        files[module] = json.loads(pipe.read())
+    os.wait()
+print(json.dumps(files))
+"""
+
+
 def test_stage_sources_cover_every_module_a_stage_imports():
-    """Import each stage's module in a fresh interpreter: every package module it loads is
-    among the stage's source inputs (the static closure may hold more: function-level
-    imports that run only inside the stage)."""
+    """Import each stage's module in a fresh process (forked from one that holds no module of
+    the package): every package module it loads is among the stage's sources (the static
+    closure may hold more: function-level imports that run only inside the stage)."""
+    modules = sorted({stages.target(stage)[0] for stage in stages.STAGES})
+    loaded = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", IMPORTS_PER_MODULE, json.dumps(modules)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     for stage in sorted(stages.STAGES):
-        module, _ = stages.target(stage)
-        code = (
-            f"import sys, {module}\n"
-            "print('\\n'.join(m.__file__ for n, m in sorted(sys.modules.items())"
-            " if n.split('.')[0] == 'hessvalley' and getattr(m, '__file__', None)))"
-        )
-        loaded = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        ).stdout.split()
         declared = set(stages.stage_sources(stage))
-        missing = sorted(set(map(str, map(Path, loaded))) - declared)
+        module_files = loaded[stages.target(stage)[0]]
+        assert module_files, f"{stage}: loaded no module of the package"
+        missing = sorted({str(Path(f)) for f in module_files} - declared)
         assert not missing, f"{stage}: imports {missing} but does not depend on them"
 
 
