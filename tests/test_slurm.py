@@ -119,16 +119,25 @@ def tres(job: dict[str, str], field: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in job[field].split(",") if item)
 
 
-def test_smoke_workflow_gpu_request_and_retry(tmp_path: Path) -> None:
+def test_smoke_workflow_gpu_request_retry_and_permanent_failure(tmp_path: Path) -> None:
+    """GPU and CPU jobs get what they ask for, a retry gets more time; a job failing for good
+    asks for memory capped at the node's (by the project's resources rule), so sbatch accepts
+    every attempt and the stage's one-line reason (exit status 3) ends Snakemake's output and
+    each attempt's SLURM log."""
     workdir = tmp_path / "smoke"
-    args = ["--profile", str(SLURM_PROFILE), *FAST_POLLING, "--verbose"]
-    output = finish(start(workdir, *args, snakefile=SMOKE_SNAKEFILE, timeout_s=150), workdir)
+    node_mb = node_memory_mb()
+    args = ["--profile", str(SLURM_PROFILE), *FAST_POLLING, "--verbose", "--retries=1"]
+    args += ["--config", f"node_mb={node_mb}"]
+    run = start(workdir, *args, snakefile=SMOKE_SNAKEFILE, timeout_s=200)
+    assert run.wait() not in (0, 124, 137, -9)  # permanent_failure fails, the others finish
+    output = (workdir / "run.log").read_text()
 
     jobs = sorted(slurm_jobs(output).values(), key=lambda job: int(job["JobID"]))
     by_rule = {
-        rule: [job for job in jobs if rule_of(job) == rule] for rule in ("gpu_job", "cpu_job")
+        rule: [job for job in jobs if rule_of(job) == rule]
+        for rule in ("gpu_job", "cpu_job", "permanent_failure")
     }
-    assert len(jobs) == 3, jobs
+    assert len(jobs) == 5, jobs
     [gpu_job], [cpu_first, cpu_retry] = by_rule["gpu_job"], by_rule["cpu_job"]
     assert (gpu_job["State"], gpu_job["ExitCode"]) == ("COMPLETED", "0:0")
     assert (cpu_first["State"], cpu_retry["State"]) == ("FAILED", "COMPLETED")
@@ -153,6 +162,23 @@ def test_smoke_workflow_gpu_request_and_retry(tmp_path: Path) -> None:
         f"SLURM_JOB_ID={cpu_retry['JobID']}",
         "CUDA_VISIBLE_DEVICES=unset",
     ]
+
+    # the permanent failure: 10 x the node's memory asked, capped at it, accepted twice
+    reason = "hessvalley train: device 'cuda' requested but torch sees no CUDA device"
+    assert "sbatch: error" not in output
+    failures = by_rule["permanent_failure"]
+    assert [job["State"] for job in failures] == ["FAILED", "FAILED"], failures
+    requests = [
+        re.search(r" -t (\d+) --mem (\d+) ", call).groups() for call in calls["permanent_failure"]
+    ]
+    assert requests == [("10", str(node_mb)), ("15", str(node_mb))]
+    last = output.rsplit(f"submitted with SLURM jobid {failures[-1]['JobID']}", 1)[1]
+    assert reason in last, last[-3000:]  # the rule's log, printed by show-failed-logs
+    for job in failures:
+        [log] = (workdir / ".snakemake/slurm_logs/rule_permanent_failure").rglob(
+            f"{job['JobID']}.log"
+        )
+        assert reason in log.read_text() and "non-zero exit status 3" in log.read_text()
 
 
 def zarr_stores(workdir: Path) -> list[Path]:
@@ -221,43 +247,6 @@ def node_memory_mb() -> int:
         ["scontrol", "show", "node", "-o"], capture_output=True, text=True, check=True
     ).stdout
     return int(re.search(r"RealMemory=(\d+)", node).group(1))
-
-
-def test_failure_a_retry_cannot_fix_is_the_last_word(tmp_path: Path) -> None:
-    """A job that fails for good (CUDA asked for, none there) is retried with more time and
-    memory, capped at resources.limits: sbatch accepts every attempt, and the job's own one-line
-    reason, not an sbatch refusal, ends Snakemake's output; the SLURM log has it and exit 3."""
-    node_mb = node_memory_mb()
-    config = yaml.safe_load(TINY_CONFIG.read_text())
-    config.update(device="cuda", gpu=1)
-    config["resources"] = {  # attempt 2 would ask for more than the node has
-        "default": {"runtime": 10, "mem_mb": node_mb // 2 + 1},
-        "limits": {"runtime": 15, "mem_mb": node_mb},
-    }
-    config_path = tmp_path / "cuda.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    workdir, target = tmp_path / "cuda", "results/tiny_mlp/seed0/trajectory.zarr"
-    local = ["resources/data/digits.zarr", "--configfile", str(config_path), "--cores", "1"]
-    finish(start(workdir, *local, timeout_s=60, log="dataset.log"), workdir, "dataset.log")
-    args = [target, "--configfile", str(config_path), "--profile", str(SLURM_PROFILE)]
-    run = start(workdir, *args, *FAST_POLLING, "--retries", "1", "--verbose", timeout_s=150)
-    assert run.wait() not in (0, 124, 137, -9)
-    output = (workdir / "run.log").read_text()
-
-    reason = "hessvalley train: device 'cuda' requested but torch sees no CUDA device"
-    assert "sbatch: error" not in output
-    limits = [
-        re.search(r" -t (\d+) --mem (\d+) ", call).groups()
-        for call in sbatch_calls(output)["train"]
-    ]
-    assert limits == [("10", str(node_mb // 2 + 1)), ("15", str(node_mb))]
-    jobs = slurm_jobs(output)
-    assert [job["State"] for job in jobs.values()] == ["FAILED", "FAILED"], jobs
-    last_attempt = output.rsplit(f"submitted with SLURM jobid {max(jobs, key=int)}", 1)[1]
-    assert reason in last_attempt, last_attempt[-3000:]  # the rule's log (show-failed-logs)
-    for job_id in jobs:
-        [slurm_log] = (workdir / ".snakemake/slurm_logs/rule_train").glob(f"*/{job_id}.log")
-        assert reason in slurm_log.read_text() and "non-zero exit status 3" in slurm_log.read_text()
 
 
 # -- preemption: a training job killed by SLURM resumes from its last complete checkpoint ------

@@ -293,3 +293,28 @@ def test_moving_a_function_changes_no_rule_code_and_touch_accepts_it(tmp_path):
     with open(repo / "src" / "hessvalley" / "figures" / "training.py", "a") as module:
         module.write("# an edit\n")
     assert planned_jobs(run("-n")) == {"all": 1, "training_figure": 1}
+
+
+def test_imports_are_found_in_every_form(tmp_path, monkeypatch):
+    """Parenthesised and continued lines, function-level and relative imports all count."""
+    package = tmp_path / "hessvalley"
+    (package / "sub").mkdir(parents=True)
+    sources = {
+        "__init__.py": "",
+        "sub/__init__.py": "from . import deep\n",
+        "sub/deep.py": "",
+        "a.py": "from hessvalley import (\n    b,\n    c,\n)\n",
+        "b.py": "import hessvalley.sub \\\n    as sub\n",
+        "c.py": "def f():\n    from .d import g\n    return g\n",
+        "d.py": '"""Reads like code:\nimport nothing here\n"""\n',
+        "e.py": "",
+    }
+    for name, text in sources.items():
+        (package / name).write_text(text)
+    monkeypatch.setattr(stages, "PACKAGE_ROOT", package)
+    stages.imported_modules.cache_clear()
+    try:
+        closure = {p.relative_to(package).as_posix() for p in stages.import_closure("hessvalley.a")}
+    finally:
+        stages.imported_modules.cache_clear()
+    assert closure == set(sources) - {"e.py"}

@@ -224,8 +224,8 @@ def test_absent_sections_add_no_jobs(tmp_path):
 
 
 def test_each_given_section_adds_its_jobs(tmp_path):
-    """One toy sub-section makes one toy figure; a curvature section without `runs` measures
-    every run."""
+    """One toy sub-section makes one toy figure (and the claims table of its claim); a
+    curvature section without `runs` measures every run."""
     config = {**TINY, "toy": {"fig7": {"steps": 100, "average_from": 50}}, "curvature": {}}
     jobs = planned_jobs(dry_run(tmp_path, config))
     assert jobs == {
@@ -237,6 +237,7 @@ def test_each_given_section_adds_its_jobs(tmp_path):
         "curvature_trace": 2,
         "curvature_eigen": 2,
         "curvature_figure": 1,
+        "claims": 1,
         "all": 1,
     }
 
