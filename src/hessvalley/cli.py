@@ -22,7 +22,9 @@ import importlib
 import inspect
 import json
 import os
+import signal
 import sys
+import textwrap
 import traceback
 from typing import Any
 
@@ -76,10 +78,11 @@ def run_stage(stage: str, kwargs: dict[str, Any], threads: int | None = None) ->
 
 
 def _print_stages() -> int:
-    width = max(map(len, stages.STAGES))
+    width = max(map(len, stages.STAGES)) + 2
     for name in sorted(stages.STAGES):
-        function = stages.STAGES[name]
-        print(f"{name:<{width}}  {function}\n{'':<{width}}  {stages.summary(name)}")
+        print(f"{name:<{width}}{stages.STAGES[name]}")
+        print(textwrap.fill(stages.summary(name), 100, initial_indent=" " * width,
+                            subsequent_indent=" " * width))  # fmt: skip
     return EXIT_OK
 
 
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "run":
         return _run(args)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # listings piped into `head` end quietly
     if args.command == "stages":
         return _print_stages()
     if args.command == "verify":

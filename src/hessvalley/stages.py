@@ -225,10 +225,11 @@ def write_code_stamp(stage: str, folder: str | Path) -> Path:
 
 
 def summary(stage: str) -> str:
-    """First line of the stage function's docstring (read from the source, not imported)."""
+    """The opening sentence(s) of the stage function's docstring, its first paragraph on one
+    line (read from the source, not imported)."""
     module, function = target(stage)
     node = _top_level_names(module_file(module)).get(function)
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        doc = ast.get_docstring(node) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        doc = (ast.get_docstring(node) or "").strip()
+        return " ".join(doc.split("\n\n")[0].split())
     return ""
