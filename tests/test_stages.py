@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -267,6 +268,11 @@ def test_moving_a_function_changes_no_rule_code_and_touch_accepts_it(tmp_path):
         return snakemake(workdir, *args, **options).output
 
     run()
+    # A copy of the workdir (mtimes kept, no code stamps, no metadata) is up to date.
+    copied = tmp_path / "copied"
+    shutil.copytree(workdir, copied, ignore=shutil.ignore_patterns(".hessvalley", ".snakemake"))
+    options = {"snakefile": repo / "Snakefile", "configfile": copied / "config.yaml", "cores": 2}
+    assert planned_jobs(snakemake(copied, "-n", **options).output) == {}
     before = {s: stages.stage_sources(s) for s in stages.STAGES}
     move_load_curves(repo / "src" / "hessvalley")
     package = str(repo / "src" / "hessvalley")
@@ -318,3 +324,21 @@ def test_imports_are_found_in_every_form(tmp_path, monkeypatch):
     finally:
         stages.imported_modules.cache_clear()
     assert closure == set(sources) - {"e.py"}
+
+
+def test_a_new_code_stamp_is_as_old_as_its_newest_source_and_a_changed_one_is_new(tmp_path):
+    """Results made before a stamp existed (a copied workdir, an older version) stay current;
+    a stamp whose content changed is newer than every result."""
+    stamp = stages.write_code_stamp("train", tmp_path)
+    newest = max(Path(p).stat().st_mtime_ns for p in stages.stage_sources("train"))
+    assert stamp.stat().st_mtime_ns == newest
+    assert stamp.read_text() == stages.sources_digest("train")
+    stamp.write_text("stale\n")
+    os.utime(stamp, ns=(newest - 10**9, newest - 10**9))
+    before = time.time_ns()
+    stages.write_code_stamp("train", tmp_path)
+    assert stamp.read_text() == stages.sources_digest("train")
+    assert stamp.stat().st_mtime_ns >= before - 10**7  # file-system timestamp granularity
+    unchanged = stamp.stat().st_mtime_ns
+    stages.write_code_stamp("train", tmp_path)
+    assert stamp.stat().st_mtime_ns == unchanged

@@ -213,13 +213,21 @@ def write_code_stamp(stage: str, folder: str | Path) -> Path:
     the content of a file the stage imports changes (not when a file is merely touched, and
     not for files it does not import), and a job has one source input rather than dozens:
     Snakemake resolves and prints every input of every job, which for thousands of jobs
-    costs minutes."""
+    costs minutes.
+
+    A stamp written for the first time (a new or copied workdir, results made by an older
+    version) takes the newest modification time of its sources, as the source files as
+    inputs would: results newer than the code stay current. A changed stamp is new."""
     text = sources_digest(stage)
     path = Path(folder) / f"{stage}.sha256"
-    if not path.is_file() or path.read_text() != text:
+    existed = path.is_file()
+    if not existed or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
         tmp.write_text(text)
+        if not existed:
+            newest = max(Path(source).stat().st_mtime_ns for source in stage_sources(stage))
+            os.utime(tmp, ns=(newest, newest))
         os.replace(tmp, path)
     return path
 
