@@ -58,3 +58,17 @@ def digits_store(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def digits_spec() -> dict:
     return make_config({})["datasets"]["digits"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first, for `--dist loadfile` (a file per worker): the SLURM file (long, mostly
+    waiting) starts at once, then the files running Snakemake most often; each file's tests
+    stay together and in order."""
+    slurm: set[Path] = set()
+    workflow_tests: dict[Path, int] = {}
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            slurm.add(item.path)
+        workflow = item.get_closest_marker("workflow") is not None
+        workflow_tests[item.path] = workflow_tests.get(item.path, 0) + workflow
+    items.sort(key=lambda item: (item.path not in slurm, -workflow_tests[item.path]))
