@@ -104,8 +104,9 @@ def hessvalley(stage):
     job) and `io` (paths, derived from input/output; Snakemake tracks those itself). Every
     value is quoted; the command runs as printed when pasted into a shell.
     """
+    # An unknown stage fails here, when the workflow is parsed.
     try:
-        stages.check_stage(stage)  # an unknown stage fails here, when the workflow is parsed
+        stages.check_stage(stage)
     except stages.UnknownStageError as err:
         raise WorkflowError(str(err)) from None
     return (
