@@ -86,15 +86,21 @@ wildcard_constraints:
 CODE_STAMPS = ".hessvalley/code"
 
 
+def known_stage(stage):
+    """The stage name, checked: an unknown one fails when the workflow is parsed."""
+    try:
+        stages.check_stage(stage)
+    except stages.UnknownStageError as err:
+        raise WorkflowError(str(err)) from None
+    return stage
+
+
 def stage_sources(stage):
     """The stage's code stamp (hessvalley.stages.write_code_stamp): the hashes of the files
     its module imports, rewritten only when one changes, so editing a module re-runs exactly
     the stages that import it, and a function moved between modules needs no rule edit.
     """
-    try:
-        return str(stages.write_code_stamp(stage, CODE_STAMPS))
-    except stages.UnknownStageError as err:
-        raise WorkflowError(str(err)) from None
+    return str(stages.write_code_stamp(known_stage(stage), CODE_STAMPS))
 
 
 def hessvalley(stage):
@@ -104,11 +110,7 @@ def hessvalley(stage):
     job) and `io` (paths, derived from input/output; Snakemake tracks those itself). Every
     value is quoted; the command runs as printed when pasted into a shell.
     """
-    # An unknown stage fails here, when the workflow is parsed.
-    try:
-        stages.check_stage(stage)
-    except stages.UnknownStageError as err:
-        raise WorkflowError(str(err)) from None
+    known_stage(stage)
     return (
         f"hessvalley run {stage} --kwargs {{params.kwargs:q}} --io {{params.io:q}}"
         " --threads {threads} --log {log:q}"
