@@ -41,7 +41,7 @@ from hessvalley.projection.outcomes import BARRIER, CONNECTED, CONVERGED, STEP_C
 from hessvalley.projection.plan import n_segments, problems, projection_grid, segment_grid
 from hessvalley.projection.replay import SGDStates, bisection_midpoints
 from hessvalley.projection.segment import project_segment
-from hessvalley.projection.trace import path_trace
+from hessvalley.projection.trace import TraceCache, path_trace
 from hessvalley.schedule import checkpoint_steps, run_checkpoint_steps
 from hessvalley.stats import slope_fit
 from hessvalley.train import train_run, trainer_for
@@ -96,6 +96,7 @@ def settings(**overrides) -> dict:
         "checkpoint_stride": 1,
         "intervals_per_segment": 1,
         "reset_momentum": True,
+        "max_loss_rise": 10,
         "store_params": "all",
         "interpolation_batch": 4,
         "replay_cache_mb": 64,
@@ -369,6 +370,91 @@ def test_path_trace_is_the_curvature_stage_trace_at_the_same_parameters(gathered
             assert np.all(np.abs(a - b) <= 3 * np.sqrt(se_a**2 + se_b**2)), (a, b, se_a, se_b)
 
 
+# The hessvalley CLI SIGKILLing itself once the trace has persisted a given number of points
+# (argv: that number, then the CLI's arguments): a kill at a known point however fast the job.
+KILLED_TRACE_CLI = """
+import os, signal, sys
+from hessvalley import cli
+from hessvalley.projection import trace
+after, add = int(sys.argv[1]), trace.TraceCache.add
+def add_then_die(self, result):
+    row = add(self, result)
+    if len(self) == after:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return row
+trace.TraceCache.add = add_then_die
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def trace_args(trace: dict, gathered: dict, data: str, output: Path, log: Path) -> list[str]:
+    """The projected_trace rule's arguments (one torch thread, as the tests)."""
+    kwargs = {"trace": trace, "curvature": HESSIAN, "setting": "r", "seed": 0}
+    io = {"path": gathered["path"], "trajectory": gathered["trajectory"], "data": data,
+          "output": str(output)}  # fmt: skip
+    return ["run", "projected_trace", "--kwargs", json.dumps(kwargs), "--io", json.dumps(io),
+            "--threads", "1", "--log", str(log)]  # fmt: skip
+
+
+def test_killed_trace_job_resumes_from_its_points(
+    gathered, digits_store, tmp_path, monkeypatch, capsys
+):
+    """SIGKILL a trace job once it has persisted 2 of its 5 points, run it again: it computes
+    only the other 3 and writes exactly the store of an uninterrupted run. A partial store of
+    another spec (probe seed) is discarded."""
+    trace = {"method": "hutchpp", "probes": 30, "seed": 3, "at": "grid", "fit_from_epoch": 0}
+    reference = tmp_path / "reference" / "trace.zarr"
+    args = (gathered["path"], gathered["trajectory"], digits_store)
+    path_trace(trace, HESSIAN, "r", 0, *args, str(reference))
+    output, log = tmp_path / "killed" / "trace.zarr", tmp_path / "trace.log"
+    command = trace_args(trace, gathered, digits_store, output, log)
+    killed = subprocess.run([sys.executable, "-c", KILLED_TRACE_CLI, "2", *command])
+    assert killed.returncode == -signal.SIGKILL
+    side = Path(f"{output}.points.partial")
+    assert zarr.open_group(side, mode="r").attrs["n_complete"] == 2
+    assert not output.exists(), "a killed job must not publish its store"
+
+    computed = []
+
+    def counted(self, result, add=TraceCache.add):
+        computed.append(1)
+        return add(self, result)
+
+    monkeypatch.setattr("hessvalley.projection.trace.TraceCache.add", counted)
+    path_trace(trace, HESSIAN, "r", 0, *args, str(output))  # the job run again
+    assert "resuming: 2 of 5 points from an earlier attempt" in capsys.readouterr().out
+    assert len(computed) == 3
+    assert not side.exists() and not Path(f"{output}.points.lock").exists()
+    got, want = store.read_arrays(output), store.read_arrays(reference)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert got[name].dtype == want[name].dtype and np.array_equal(got[name], want[name]), name
+    attrs = [dict(zarr.open_group(p, mode="r").attrs) for p in (output, reference)]
+    assert attrs[0] == attrs[1]
+
+    # In-process: interrupted after 2 points with probe seed 3, then run with seed 4.
+    computed.clear()
+
+    def interrupted(self, result):
+        if len(computed) == 2:
+            raise KeyboardInterrupt
+        return counted(self, result)
+
+    monkeypatch.setattr("hessvalley.projection.trace.TraceCache.add", interrupted)
+    other = tmp_path / "other" / "trace.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        path_trace(trace, HESSIAN, "r", 0, *args, str(other))
+    assert zarr.open_group(f"{other}.points.partial", mode="r").attrs["n_complete"] == 2
+    computed.clear()
+    monkeypatch.setattr("hessvalley.projection.trace.TraceCache.add", counted)
+    path_trace({**trace, "seed": 4}, HESSIAN, "r", 0, *args, str(other))
+    assert len(computed) == 5, "the rows of probe seed 3 must not be reused"
+    assert "resuming" not in capsys.readouterr().out
+    samples = store.read_arrays(other, ["trace_samples"])["trace_samples"]
+    assert not np.any(samples == want["trace_samples"])
+    assert not Path(f"{other}.points.partial").exists()
+
+
 def test_slope_fit_matches_numpy():
     x = np.array([0.0, 1, 2, 3, 5])
     y = np.array([3.0, 2.5, 2.2, 1.4, 0.3])
@@ -468,7 +554,7 @@ def test_killed_segment_job_resumes_from_its_projections(runs, digits_store, tmp
     text = log.read_text()
     resumed = re.search(r"resuming segment 0: (\d+) projections from an earlier attempt", text)
     assert resumed and int(resumed[1]) == killed_at
-    counted = re.search(r"\((\d+) projected, (\d+) from an earlier attempt\)", text)
+    counted = re.search(r"\((\d+) projected, (\d+) from an earlier attempt, 0 from the grid", text)
     assert counted and int(counted[2]) == killed_at
     assert int(counted[1]) + killed_at == n_points  # only the rest was projected by GD
     assert not side.exists()
@@ -556,7 +642,8 @@ def planned(workdir: Path) -> dict[str, int]:
 @pytest.mark.workflow
 def test_workflow_builds_the_figures_and_reruns_what_is_stale(tmp_path):
     shutil.copy(REPO / "tests/configs/projection.yaml", tmp_path / "config.yaml")
-    assert planned(tmp_path)["projection_segment"] == 2  # known before training
+    jobs = planned(tmp_path)
+    assert jobs["projection_segment"] == jobs["projection_grid"] == 2  # known before training
     snakemake_figures(tmp_path)
     for figure in FIGURES:
         assert Path(tmp_path / figure).stat().st_size > 1000
@@ -592,4 +679,5 @@ def test_workflow_builds_the_figures_and_reruns_what_is_stale(tmp_path):
     edit(lambda p: p.update(n_points=5))
     jobs = planned(tmp_path)
     assert jobs["projection_segment"] == 2 and jobs["projected_path"] == 1
+    assert "projection_grid" not in jobs  # no GD key changed: no projection is redone
     assert "train" not in jobs and "dataset" not in jobs

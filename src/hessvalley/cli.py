@@ -108,6 +108,40 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _positive(kind: type):
+    def convert(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return convert
+
+
+def _add_plan_parser(sub: Any) -> None:
+    p_plan = sub.add_parser(
+        "plan",
+        help="jobs, time, memory and disk per stage from a short calibration; "
+        "exit 2 if a job exceeds its SLURM limits",
+    )
+    p_plan.add_argument(
+        "--configfile", default="config/config.yaml", help="config (replaces the default)"
+    )
+    p_plan.add_argument("--device", default=None, help="calibration device (config's device)")
+    p_plan.add_argument("--gd-steps", type=int, default=10, help="GD steps per projection (10)")
+    p_plan.add_argument(
+        "--bisections", type=int, default=1, help="bisection projections per grid interval (1)"
+    )
+    p_plan.add_argument(
+        "--speedup", type=_positive(float), default=1.0, help="divide device times by this (1)"
+    )
+    p_plan.add_argument("--recalibrate", action="store_true", help="ignore the cached figures")
+    p_plan.add_argument("--json", default=None, help="also write the plan as JSON here")
+    p_plan.add_argument(
+        "--cache-dir", default=".hessvalley/calibration", help="calibration cache folder"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="hessvalley", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -128,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p_claims.add_argument(
         "path", nargs="?", default="results", help="results folder or claims.csv (results)"
     )
+    _add_plan_parser(sub)
     args = parser.parse_args(argv)
 
     if args.command == "run":
@@ -135,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # listings piped into `head` end quietly
     if args.command == "stages":
         return _print_stages()
+    if args.command == "plan":
+        from hessvalley.costs.plan import plan_main
+
+        return plan_main(args)
     if args.command == "verify":
         from hessvalley.verify import verify_main
 

@@ -33,6 +33,7 @@ STAGES: dict[str, str] = {
     "curvature_eigen": "hessvalley.trajectory_curvature:eigen_along_trajectory",
     "curvature_spectrum": "hessvalley.trajectory_curvature:spectrum_along_trajectory",
     "curvature_figure": "hessvalley.figures.curvature:curvature_figure",
+    "projection_grid": "hessvalley.projection.grid:project_grid",
     "projection_segment": "hessvalley.projection.segment:project_segment",
     "projected_path": "hessvalley.projection.gather:gather_path",
     "projected_trace": "hessvalley.projection.trace:path_trace",

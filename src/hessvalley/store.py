@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import itertools
 import json
 import math
 import os
 import shutil
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -193,12 +195,34 @@ def create(
     return array
 
 
+@dataclass(frozen=True)
+class Streamed:
+    """An array for ``write_store`` too large to hold in memory: ``read(region)`` returns its
+    values in ``region`` (one slice per dimension), and it is written a chunk at a time."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    read: Callable[[tuple[slice, ...]], np.ndarray]
+
+
+def chunk_regions(shape: Sequence[int], chunks: Sequence[int]) -> Iterator[tuple[slice, ...]]:
+    """The regions of an array's chunks, in row-major order (none for an empty array)."""
+    starts = [range(0, size, step) for size, step in zip(shape, chunks, strict=True)]
+    for corner in itertools.product(*starts):
+        yield tuple(
+            slice(start, min(start + step, size))
+            for start, step, size in zip(corner, chunks, shape, strict=True)
+        )
+
+
 def write_store(
     path: str | os.PathLike,
-    arrays: Mapping[str, tuple[Sequence[str], np.ndarray]],
+    arrays: Mapping[str, tuple[Sequence[str], np.ndarray | Streamed]],
     attrs: Mapping[str, Any],
 ) -> Path:
-    """Write a small store in one go: ``{name: (dims, data)}`` plus attrs, then publish."""
+    """Write a store in one go: ``{name: (dims, data)}`` plus attrs, then publish. A
+    ``Streamed`` array is copied chunk by chunk into the layout its data would have had, so
+    the store is the same as if it had been passed whole."""
     held = store_lock.holds(path)
     store_lock.acquire(path)
     try:
@@ -208,7 +232,12 @@ def write_store(
         tmp.parent.mkdir(parents=True, exist_ok=True)
         group = zarr.open_group(tmp, mode="w")
         for name, (dims, data) in arrays.items():
-            create(group, name, dims, data)
+            if isinstance(data, Streamed):
+                array = create(group, name, dims, shape=data.shape, dtype=data.dtype)
+                for region in chunk_regions(array.shape, array.chunks):
+                    array[region] = data.read(region)
+            else:
+                create(group, name, dims, data)
         group.update_attributes(jsonable(dict(attrs)))
         return publish(path)
     except BaseException:

@@ -196,6 +196,33 @@ def segment_paths(setting, seed):
     ]
 
 
+def grid_paths(wildcards):
+    """The grid stores holding a segment's two ends: its own grid job's (its left end) and
+    the next one's (its right end; the last grid job holds both ends of the last segment).
+    """
+    segment = int(wildcards.segment)
+    last = projection_plan.n_segments(config, wildcards.setting) - 1
+    folder = f"{projected_dir(wildcards.setting, wildcards.seed)}/projection"
+    return [
+        f"{folder}/grid_{i}.zarr" for i in range(segment, min(segment + 2, last + 1))
+    ]
+
+
+def projection_kwargs(wildcards, keys=None):
+    """The projection settings of a grid or segment job (``keys``: only those)."""
+    settings = projection_plan.projection_settings(config, wildcards.setting)
+    if keys is not None:
+        settings = {key: settings[key] for key in keys}
+    return as_json(
+        {
+            "settings": settings,
+            "segment": int(wildcards.segment),
+            "setting": wildcards.setting,
+            "seed": int(wildcards.seed),
+        }
+    )
+
+
 def path_seed(setting):
     """The seed whose projected path figs 1 and 4 draw."""
     chosen = config["projection"]["figures"]["path_seed"]

@@ -1,7 +1,9 @@
 """Projected paths (Wei & Schwab §2.1.1, §4.3, A.2) -> results/<setting>/seed<k>/...
 
-projection/segment_<i>.zarr   one job per group of checkpoint intervals: GD projections,
-                              line connectedness, recursive bisection with exact SGD replay
+projection/grid_<i>.zarr      one job per group of checkpoint intervals: the GD projection
+                              of each grid checkpoint, once per seed (segments share them)
+projection/segment_<i>.zarr   one job per group of checkpoint intervals: line
+                              connectedness, recursive bisection with exact SGD replay
 projected_path.zarr           the segments joined in step order (gather)
 projected_trace.zarr          Hessian trace (Hutch++) along the projected path, of the
                               Hessian the curvature rules take (the `curvature` keys)
@@ -14,10 +16,41 @@ refused by the config check below.
 """
 
 
+rule projection_grid:
+    input:
+        trajectory=lambda w: trajectory_path(w.setting, w.seed),
+        data=lambda w: dataset_path(run_spec(w.setting)["dataset"]),
+        src=stage_sources("projection_grid"),
+    output:
+        directory(
+            f"{RESULTS}/{{setting}}/seed{{seed}}/projection/grid_{{segment}}.zarr"
+        ),
+    log:
+        "logs/project/{setting}/seed{seed}/grid_{segment}.log",
+    benchmark:
+        "benchmarks/project/{setting}/seed{seed}/grid_{segment}.tsv"
+    wildcard_constraints:
+        setting=PROJECTED_RE,
+        segment=r"\d+",
+    threads: config["threads"]
+    resources:
+        runtime=runtime("projection_grid"),
+        mem_mb=mem_mb("projection_grid"),
+        gpu=config["gpu"],
+    params:
+        kwargs=lambda w: projection_kwargs(w, projection_plan.GRID_KEYS),
+        io=lambda w, input, output: as_json(
+            {"trajectory": input.trajectory, "data": input.data, "output": output[0]}
+        ),
+    shell:
+        hessvalley("projection_grid")
+
+
 rule projection_segment:
     input:
         trajectory=lambda w: trajectory_path(w.setting, w.seed),
         data=lambda w: dataset_path(run_spec(w.setting)["dataset"]),
+        grids=grid_paths,
         src=stage_sources("projection_segment"),
     output:
         directory(
@@ -36,16 +69,14 @@ rule projection_segment:
         mem_mb=mem_mb("projection_segment"),
         gpu=config["gpu"],
     params:
-        kwargs=lambda w: as_json(
-            {
-                "settings": projection_plan.projection_settings(config, w.setting),
-                "segment": int(w.segment),
-                "setting": w.setting,
-                "seed": int(w.seed),
-            }
-        ),
+        kwargs=projection_kwargs,
         io=lambda w, input, output: as_json(
-            {"trajectory": input.trajectory, "data": input.data, "output": output[0]}
+            {
+                "trajectory": input.trajectory,
+                "data": input.data,
+                "grids": list(input.grids),
+                "output": output[0],
+            }
         ),
     shell:
         hessvalley("projection_segment")

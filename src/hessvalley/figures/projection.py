@@ -17,6 +17,7 @@ from hessvalley import store
 from hessvalley.claims import Claim, write_claim
 from hessvalley.figures.common import mean_band, new_figure, save_figure
 from hessvalley.projection.claims import fig1_claim, fig3_claim, fig4_claim
+from hessvalley.projection.outcomes import DIVERGED, STEP_CAP
 
 
 def _read(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -64,17 +65,19 @@ def draw_path(ax, path: str, trajectory: str) -> None:
             ms=6,
             label="not line connected",
         )
-    unconverged = ~p["converged"]
-    if unconverged.any():
-        ax.plot(
-            epoch[unconverged],
-            p["train_loss"][unconverged],
-            "o",
-            mfc="none",
-            color="C3",
-            ms=5,
-            label="projection not converged",
-        )
+    # Projections that stopped without converging, by outcome (outcomes.STATUS_NAMES).
+    for status, marker, label in ((STEP_CAP, "o", "step cap"), (DIVERGED, "^", "diverged")):
+        stopped = p["status"] == status
+        if stopped.any():
+            ax.plot(
+                epoch[stopped],
+                p["train_loss"][stopped],
+                marker,
+                mfc="none",
+                color="C3",
+                ms=5,
+                label=f"projection not converged ({label})",
+            )
     ax.axhline(threshold, color="k", ls="--", lw=0.8, label=f"threshold {threshold:g}")
     ax.set_yscale("log")
     ax.set_xlabel("epoch of the SGD state projected")

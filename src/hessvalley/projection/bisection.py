@@ -71,10 +71,13 @@ class Bisection:
 class PathProjector:
     """Projects SGD states of one trajectory and bisects between them.
 
-    With a ``cache`` every projection is persisted as it finishes, and one the cache already
-    holds (from a killed earlier attempt) is reused instead of rerunning its GD. The SGD
-    replays to midpoints are still redone: they are cheap next to the projections, and the
-    bisection then runs exactly as in an uninterrupted job.
+    The grid checkpoints' projections are ``given`` (made by the grid jobs, once per
+    checkpoint and seed) where the workflow runs it; the ones not given are projected here.
+    With a ``cache`` every projection is persisted as it finishes, the one in progress every
+    ``save_every_s`` seconds, and one the cache already holds (from a killed earlier attempt)
+    is reused instead of rerunning its GD. The SGD replays to midpoints are still redone:
+    they are cheap next to the projections, and the bisection then runs exactly as in an
+    uninterrupted job.
     """
 
     def __init__(
@@ -84,6 +87,8 @@ class PathProjector:
         settings: Mapping[str, Any],
         device: str | torch.device = "cpu",
         cache: ProjectionCache | None = None,
+        given: Mapping[int, Projection] | None = None,
+        save_every_s: float = 30.0,
     ) -> None:
         self.group = trajectory
         self.data = data
@@ -98,23 +103,32 @@ class PathProjector:
         )
         self.timings = {"project": 0.0, "replay": 0.0, "interpolate": 0.0}
         self.cache = cache
+        self.given = dict(given or {})
+        self.save_every_s = float(save_every_s)
         self.n_reused = 0  # projections taken from the cache
+        self.n_projected = 0  # projections made here by GD
 
     def project(self, state: TrainState) -> Projection:
         if self.cache is not None and state.step in self.cache:
             self.n_reused += 1
             return self.cache[state.step]
         start = time.perf_counter()
+        progress = self.cache.progress(state.step) if self.cache is not None else None
         result = project(
             self.gd,
             state,
             self.threshold,
             int(self.settings["max_gd_steps"]),
             bool(self.settings["reset_momentum"]),
+            self.settings.get("max_loss_rise"),
+            progress,
+            self.save_every_s,
         )
         self.timings["project"] += time.perf_counter() - start
+        self.n_projected += 1
         if self.cache is not None:
             self.cache.add(state.step, result)
+            progress.clear()
         return result
 
     def line(self, a: Projection, b: Projection) -> tuple[np.ndarray, np.ndarray]:
@@ -147,8 +161,10 @@ class PathProjector:
         while stack:
             left, right, depth = stack.pop()
             for step in (left, right):
-                if step not in nodes:  # a grid checkpoint, projected once
-                    nodes[step] = Point(step, 0, self.project(states.state_at(step)))
+                if step not in nodes:  # a grid checkpoint: given, or projected here once
+                    given = self.given.get(step)
+                    projection = given or self.project(states.state_at(step))
+                    nodes[step] = Point(step, 0, projection)
             pa, pb = nodes[left].projection, nodes[right].projection
             train, val = self.line(pa, pb)
             if not (pa.converged and pb.converged):

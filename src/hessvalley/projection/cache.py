@@ -1,10 +1,12 @@
-"""The resume cache of a segment job: finished projections kept on disk as each completes."""
+"""The resume cache of a projection job (grid or segment): finished projections kept on disk
+as each completes, and the one in progress."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,22 +14,23 @@ import torch
 import zarr
 
 from hessvalley import store, store_lock
-from hessvalley.projection.gd import Projection
+from hessvalley.projection.gd import GDProgress, Projection
 from hessvalley.trajectory_store import METRICS
 
 
 class ProjectionCache:
-    """The finished projections of one segment job, kept on disk as each one completes.
+    """The finished projections of one job, kept on disk as each one completes.
 
-    A segment job spends nearly all its time in GD projections; a job killed by SLURM (time
-    limit, preemption, scancel) and resubmitted would otherwise redo every one. Each
+    A grid or segment job spends nearly all its time in GD projections; a job killed by SLURM
+    (time limit, preemption, scancel) and resubmitted would otherwise redo every one. Each
     projection is appended to ``<output>.projections.partial`` (zarr, one row per projection,
     keyed by its SGD step) as soon as it finishes, and a later attempt with the same spec
     (projection settings, trajectory config hash, seed, segment) loads them and skips their GD;
     a store made by another spec is discarded. Rows count once ``n_complete`` (written after
-    them) covers them, and zarr writes each file atomically, so a kill mid-append loses at
-    most the projection in progress. The bisection is deterministic given the projections,
-    so a resumed segment's store is bit for bit an uninterrupted one's.
+    them) covers them, and zarr writes each file atomically, so a kill mid-append loses
+    nothing finished. The projection in progress is saved beside them (``progress``), so a
+    kill loses at most the GD steps since its last save. The bisection is deterministic given
+    the projections, so a resumed job's store is bit for bit an uninterrupted one's.
     """
 
     SCALARS = (
@@ -80,7 +83,8 @@ class ProjectionCache:
         seed: int,
         segment: int,
     ) -> ProjectionCache:
-        """The cache of segment ``segment`` of ``trajectory`` projected with ``settings``."""
+        """The cache of the (grid or segment) job ``segment`` of ``trajectory`` projecting
+        with ``settings``."""
         spec = {
             "projection": dict(settings),
             "trajectory": trajectory.attrs["config_hash"],
@@ -89,6 +93,11 @@ class ProjectionCache:
         }
         n_buffers = trajectory["buffers"].shape[1] if "buffers" in trajectory else 0
         return cls(output, spec, trajectory["params"].shape[1], n_buffers)
+
+    def progress(self, step: int) -> GDProgress:
+        """Where the projection of SGD step ``step`` saves its state while it runs (inside
+        the cache store, so a store of another spec takes it along when discarded)."""
+        return GDProgress(Path(self.path) / "gd_in_progress.npz", step)
 
     def __len__(self) -> int:
         return len(self.projections)

@@ -24,10 +24,16 @@ RUN_KEYS = (
     "checkpoint_stride",
     "intervals_per_segment",
     "reset_momentum",
+    "max_loss_rise",
     "store_params",
     "interpolation_batch",
     "replay_cache_mb",
 )
+# The keys a GD projection's result depends on: a grid job takes only these, so changing how
+# the path between projections is tested (n_points, max_depth, ...) re-runs no projection.
+GD_KEYS = ("loss_threshold", "max_gd_steps", "reset_momentum", "max_loss_rise")
+# ... and the keys that say which checkpoints a grid job projects.
+GRID_KEYS = (*GD_KEYS, "checkpoint_stride", "intervals_per_segment")
 FIGURES = ("fig1", "fig3", "fig4")
 
 
@@ -57,6 +63,26 @@ def segment_grid(n_checkpoints: int, stride: int, per_segment: int, segment: int
     return grid[first : first + per_segment + 1]
 
 
+def grid_block(n_checkpoints: int, stride: int, per_segment: int, segment: int) -> list[int]:
+    """Checkpoint indices that grid job ``segment`` projects: its segment's grid points but
+    the right end, which the next segment's grid job projects (the last job keeps it), so
+    every grid checkpoint of a seed is projected exactly once."""
+    grid = segment_grid(n_checkpoints, stride, per_segment, segment)
+    last = segment == segments_of_grid(n_checkpoints, stride, per_segment) - 1
+    return grid if last else grid[:-1]
+
+
+def segments_of_grid(n_checkpoints: int, stride: int, per_segment: int) -> int:
+    """Segment (and grid) jobs of a run of ``n_checkpoints`` checkpoints: consecutive groups
+    of ``per_segment`` grid intervals (the last group may be shorter)."""
+    return math.ceil((len(projection_grid(n_checkpoints, stride)) - 1) / per_segment)
+
+
+def grid_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The projection settings a grid job depends on (``GRID_KEYS``)."""
+    return {key: settings[key] for key in GRID_KEYS}
+
+
 def n_segments(config: Mapping[str, Any], setting: str) -> int:
     """Segment jobs of a projected run: consecutive groups of ``intervals_per_segment``
     grid intervals (the last group may be shorter)."""
@@ -64,8 +90,9 @@ def n_segments(config: Mapping[str, Any], setting: str) -> int:
     if steps is None:
         raise ValueError(f"run {setting!r} has no checkpoint schedule known from the config")
     settings = projection_settings(config, setting)
-    grid = projection_grid(len(steps), settings["checkpoint_stride"])
-    return math.ceil((len(grid) - 1) / settings["intervals_per_segment"])
+    return segments_of_grid(
+        len(steps), settings["checkpoint_stride"], settings["intervals_per_segment"]
+    )
 
 
 def problems(config: Mapping[str, Any]) -> Iterator[str]:

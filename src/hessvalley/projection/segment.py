@@ -1,9 +1,11 @@
 """The segment stage: the projected path between the grid checkpoints of one segment job.
 
 A segment is ``intervals_per_segment`` consecutive intervals of the projection grid
-(``plan.segment_grid``). The job bisects them (``PathProjector``), resuming from the
-projections an earlier, killed attempt left (``ProjectionCache``), and writes the segment
-store: the ordered points, the lines between neighbours, and the kept parameters.
+(``plan.segment_grid``). The job takes the projections of its grid checkpoints from the grid
+stores (``grid``: each checkpoint is projected once per seed), bisects the intervals
+(``PathProjector``), resuming from the projections an earlier, killed attempt left
+(``ProjectionCache``), and writes the segment store: the ordered points, the lines between
+neighbours, and the kept parameters.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from hessvalley.errors import HessvalleyError
 from hessvalley.progress import progress
 from hessvalley.projection.bisection import Bisection, Edge, PathProjector, Point
 from hessvalley.projection.cache import ProjectionCache
+from hessvalley.projection.gd import Projection
+from hessvalley.projection.grid import grid_projections
 from hessvalley.projection.interpolation import interpolation_alphas
 from hessvalley.projection.outcomes import counts
 from hessvalley.projection.plan import projection_grid, segment_grid
@@ -102,6 +106,28 @@ def segment_arrays(
     }
 
 
+def _given_ends(
+    grids: Sequence[str] | None,
+    grid_steps: list[int],
+    settings: Mapping[str, Any],
+    group: zarr.Group,
+    seed: int,
+    segment: int,
+) -> dict[int, Projection]:
+    """The projections of the segment's grid checkpoints from the grid stores (none without
+    stores; all of them, or an error naming the missing steps, with)."""
+    if grids is None:
+        return {}
+    from_grids = grid_projections(grids, settings, group, seed)
+    missing = [step for step in grid_steps if step not in from_grids]
+    if missing:
+        raise HessvalleyError(
+            f"segment {segment}: the grid stores {list(grids)} hold no projection of the grid "
+            f"checkpoints at steps {missing}"
+        )
+    return {step: from_grids[step] for step in grid_steps}
+
+
 def project_segment(
     settings: Mapping[str, Any],
     segment: int,
@@ -110,9 +136,15 @@ def project_segment(
     trajectory: str,
     data: str,
     output: str,
+    grids: Sequence[str] | None = None,
     device: str = "cpu",
+    checkpoint_flush_seconds: float = 30.0,
 ) -> None:
-    """Segment job: projected path between the checkpoints of segment ``segment``."""
+    """Segment job: projected path between the checkpoints of segment ``segment``.
+
+    The grid checkpoints' projections come from the grid stores ``grids`` (the workflow's
+    way: each is projected once per seed); without them this job projects its grid
+    checkpoints itself."""
     device = resolve_device(device)
     group = open_trajectory(trajectory)
     if not group.attrs.get("complete"):
@@ -130,8 +162,11 @@ def project_segment(
     cache = ProjectionCache.for_segment(output, settings, group, seed, segment)
     if len(cache):
         print(f"resuming segment {segment}: {len(cache)} projections from an earlier attempt")
-    projector = PathProjector(group, dataset, settings, device, cache)
     steps = np.asarray(group["step"][...])
+    given = _given_ends(grids, [int(steps[k]) for k in grid], settings, group, seed, segment)
+    projector = PathProjector(
+        group, dataset, settings, device, cache, given, checkpoint_flush_seconds
+    )
     a, b = int(steps[grid[0]]), int(steps[grid[-1]])
     start = time.perf_counter()
     # Bisection replays SGD exactly from the stored checkpoints: under the recorded conditions.
@@ -165,8 +200,8 @@ def project_segment(
     cache.remove()
     print(
         f"segment {segment} (steps {a}..{b}): {summary['n_points']} points "
-        f"({summary['n_points'] - projector.n_reused} projected, {projector.n_reused} from an "
-        f"earlier attempt), {summary['n_failed_connections']} failed connections, "
+        f"({projector.n_projected} projected, {projector.n_reused} from an earlier attempt, "
+        f"{len(given)} from the grid jobs), {summary['n_failed_connections']} failed connections, "
         f"{summary['n_not_converged']} not converged, {result.n_bisections} bisections; "
         + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
     )

@@ -5,10 +5,17 @@ The Hessian at each traced point comes from the one Hessian factory (``hessian_a
 this trace and the curvature stage's are comparable (equal at equal parameters, method,
 budget and probe seed). The same probes are used at every point, so differences along the
 path are not probe noise alone.
+
+At paper scale a trace job runs for hours (151 points of 99 Hessian-vector products each), so
+each finished point is kept on disk at once (``TraceCache``) and a job killed by SLURM
+resumes after the points it finished; probes are seeded per point, so the resumed trace is
+bit for bit an uninterrupted one's.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,10 +23,10 @@ import numpy as np
 import torch
 import zarr
 
-from hessvalley import store
+from hessvalley import store, store_lock
 from hessvalley.curvature import hutchinson_trace, hutchpp_trace
 from hessvalley.curvature.factory import hessian_at, hessian_attrs
-from hessvalley.curvature.trace import trace_budget
+from hessvalley.curvature.trace import TraceEstimate, trace_budget
 from hessvalley.data import load_dataset
 from hessvalley.device import resolve_device
 from hessvalley.errors import HessvalleyError
@@ -54,6 +61,70 @@ def _budget(trace: Mapping[str, Any], n_params: int) -> dict[str, int]:
     return budget
 
 
+def _model(run: Mapping[str, Any], dataset: Any, device: str) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the weights are replaced by each point's; this only silences init
+        return build_model(run["model"], dataset.input_shape, dataset.n_classes).to(device)
+
+
+class TraceCache:
+    """The finished points of one trace job, kept on disk as each one completes.
+
+    Each point's estimate, standard error and samples are appended to
+    ``<output>.points.partial`` (zarr, one row per traced point, in path order) as soon as it
+    is computed; a later attempt with the same spec (trace settings, Hessian keys, path store,
+    seed) loads them and skips those points, and a store made by another spec is discarded.
+    Rows count once ``n_complete`` (written after them) covers them, so a kill mid-append
+    loses at most the point in progress.
+    """
+
+    COLUMNS = ("trace", "trace_stderr", "trace_samples")
+
+    def __init__(self, output: str | os.PathLike, spec: Mapping[str, Any]) -> None:
+        self.base = f"{os.fspath(output)}.points"
+        self.path = store.partial_path(self.base)
+        self.group, resumed = store.open_partial(self.base, store.config_hash(spec))
+        if not resumed:
+            for name in self.COLUMNS[:2]:
+                store.create(self.group, name, ("point",), shape=(0,), dtype="f8", chunks=(64,))
+            # The hash goes in last: a store killed before it is complete is never reused.
+            self.group.update_attributes({**store.provenance(spec), "n_complete": 0})
+
+    def __len__(self) -> int:
+        return int(self.group.attrs["n_complete"])
+
+    def rows(self) -> dict[str, list[Any]]:
+        """The finished points' estimates, standard errors and samples, in path order."""
+        n = len(self)
+        if not n:
+            return {name: [] for name in self.COLUMNS}
+        return {name: list(np.asarray(self.group[name][:n])) for name in self.COLUMNS}
+
+    def add(self, result: TraceEstimate) -> dict[str, Any]:
+        """Append the next point's ``result`` and commit it; return the row written."""
+        n = len(self)
+        values = (result.estimate, result.stderr, result.samples.numpy())
+        row = dict(zip(self.COLUMNS, values, strict=True))
+        if "trace_samples" not in self.group:
+            samples = row["trace_samples"]
+            dims, shape = ("point", "probe"), (0, len(samples))
+            chunks = (64, len(samples))
+            store.create(
+                self.group, "trace_samples", dims, shape=shape, dtype=samples.dtype, chunks=chunks
+            )
+        for name, value in row.items():
+            array = self.group[name]
+            array.resize((n + 1, *array.shape[1:]))
+            array[n] = value
+        self.group.attrs["n_complete"] = n + 1
+        return row
+
+    def remove(self) -> None:
+        """Delete the store (once the trace's store is published) and drop its lock."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        store_lock.release(self.base)
+
+
 def path_trace(
     trace: Mapping[str, Any],
     curvature: Mapping[str, Any],
@@ -72,16 +143,24 @@ def path_trace(
     dataset = load_dataset(data, device, run["train_on"])
     projected = store.open_store(path)
     chosen, points = traced_points(projected, trace["at"])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(
-            0
-        )  # the weights are replaced by each point's; this only silences the init
-        model = build_model(run["model"], dataset.input_shape, dataset.n_classes).to(device)
+    model = _model(run, dataset, device)
     loss_fn = build_loss(run["loss"])
     estimator = hutchpp_trace if trace["method"] == "hutchpp" else hutchinson_trace
     budget = _budget(trace, sum(p.numel() for p in model.parameters()))
-    estimates, stderrs, samples = [], [], []
-    for index in progress(chosen, desc=f"{setting} seed {seed} trace", unit="point"):
+    spec = {
+        "trace": dict(trace),
+        "hessian": hessian_keys(curvature),
+        "path": projected.attrs["config_hash"],
+    }
+    # The traced points' steps and losses identify the path beyond its config (a path
+    # re-projected by other code has other losses).
+    identity = {"points": {name: points[name] for name in ("step", "train_loss")}}
+    cache = TraceCache(output, {**spec, **identity, "seed": seed})
+    if len(cache):
+        print(f"resuming: {len(cache)} of {len(chosen)} points from an earlier attempt")
+    done = cache.rows()
+    bar = {"desc": f"{setting} seed {seed} trace", "initial": len(cache), "total": len(chosen)}
+    for index in progress(chosen[len(cache) :], unit="point", **bar):
         op = hessian_at(
             model,
             loss_fn,
@@ -92,25 +171,18 @@ def path_trace(
             buffers=torch.from_numpy(np.asarray(projected["buffers"][index])),
         )
         generator = torch.Generator().manual_seed(int(trace["seed"]))  # same probes everywhere
-        result = estimator(op, generator, **budget)
-        estimates.append(result.estimate)
-        stderrs.append(result.stderr)
-        samples.append(result.samples.numpy())
-    estimates = np.asarray(estimates)
+        for name, value in cache.add(estimator(op, generator, **budget)).items():
+            done[name].append(value)
+    estimates = np.asarray(done["trace"], dtype=np.float64)
     fit = points["epoch"] >= float(trace["fit_from_epoch"])
     slope, slope_stderr = slope_fit(points["epoch"][fit], estimates[fit])
     arrays = {
         **{name: (("point",), values) for name, values in points.items()},
         "state": (("point",), chosen.astype(np.int64)),
         "trace": (("point",), estimates),
-        "trace_stderr": (("point",), np.asarray(stderrs)),
-        "trace_samples": (("point", "probe"), np.stack(samples)),
+        "trace_stderr": (("point",), np.asarray(done["trace_stderr"], dtype=np.float64)),
+        "trace_samples": (("point", "probe"), np.stack(done["trace_samples"])),
         "in_fit": (("point",), fit),
-    }
-    spec = {
-        "trace": dict(trace),
-        "hessian": hessian_keys(curvature),
-        "path": projected.attrs["config_hash"],
     }
     attrs = {
         **store.provenance(spec, seed),
@@ -125,6 +197,7 @@ def path_trace(
         "n_fit": int(fit.sum()),
     }
     store.write_store(output, arrays, attrs)
+    cache.remove()
     print(
         f"{setting} seed {seed}: trace at {len(chosen)} projected points, "
         f"{estimates[0]:.4g} -> {estimates[-1]:.4g}; slope from epoch "
