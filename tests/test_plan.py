@@ -112,15 +112,27 @@ def test_bisections_are_capped_by_depth_and_interval_length():
 
 
 def test_a_job_fitting_only_at_a_retry_and_one_over_the_limit():
+    resources = {"runtime": 60}
     config = validate_config(
-        {"resources": {"train": {"runtime": 60}, "limits": {"runtime": 150, "mem_mb": 16000}}}
+        {
+            "resources": {
+                "train": resources,
+                "curvature_trace": resources,
+                "limits": {"runtime": 150, "mem_mb": 16000},
+            }
+        }
     )
+    # A job that starts over: each attempt (60, 120, then 150 min: the limit) on its own.
     fits_at_3 = Job("x", 1, 130 * 60, 100.0)
-    assert report.attempt_needed(config, "train", Job("x", 1, 50 * 60, 100.0), 3) == 1
-    assert report.attempt_needed(config, "train", Job("x", 1, 70 * 60, 100.0), 3) == 2
-    assert report.attempt_needed(config, "train", fits_at_3, 3) == 3
-    assert report.attempt_needed(config, "train", Job("x", 1, 151 * 60, 100.0), 3) == 0
-    # memory: 2000 MB default, x attempt, capped at 16000
+    assert report.attempt_needed(config, "curvature_trace", Job("x", 1, 50 * 60, 100.0), 3) == 1
+    assert report.attempt_needed(config, "curvature_trace", Job("x", 1, 70 * 60, 100.0), 3) == 2
+    assert report.attempt_needed(config, "curvature_trace", fits_at_3, 3) == 3
+    assert report.attempt_needed(config, "curvature_trace", Job("x", 1, 151 * 60, 100.0), 3) == 0
+    # A job that resumes (training): the attempts add up, 60 + 120 + 150 min.
+    assert report.attempt_needed(config, "train", Job("x", 1, 151 * 60, 100.0), 3) == 2
+    assert report.attempt_needed(config, "train", Job("x", 1, 330 * 60, 100.0), 3) == 3
+    assert report.attempt_needed(config, "train", Job("x", 1, 331 * 60, 100.0), 3) == 0
+    # memory: 2000 MB default, x attempt, capped at 16000 (a resumed job needs it all again)
     assert report.attempt_needed(config, "train", Job("x", 1, 60, 5000.0), 3) == 3
     assert report.attempt_needed(config, "train", Job("x", 1, 60, 5000.0), 2) == 0
 

@@ -125,7 +125,10 @@ def _add_plan_parser(sub: Any) -> None:
         "exit 2 if a job exceeds its SLURM limits",
     )
     p_plan.add_argument(
-        "--configfile", default="config/config.yaml", help="config (replaces the default)"
+        "--configfile",
+        nargs="+",
+        default=["config/config.yaml"],
+        help="config file(s), merged in order as Snakemake does (replace the default)",
     )
     p_plan.add_argument("--device", default=None, help="calibration device (config's device)")
     p_plan.add_argument("--gd-steps", type=int, default=10, help="GD steps per projection (10)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,14 +28,32 @@ EXIT_CONFIG = 3
 BUSY_LOAD = 0.5  # load average + threads above cores + this: the calibration shared the CPU
 
 
-def load_config(path: str | os.PathLike) -> tuple[dict[str, Any], set[str]]:
-    """The validated config (defaults filled) and the optional sections it states."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the config must be a mapping of keys")
+def _merged(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``update`` key by key, mappings merged recursively: how Snakemake
+    combines several ``--configfile``s."""
+    for key, value in update.items():
+        if isinstance(value, Mapping):
+            base[key] = _merged(base.get(key) if isinstance(base.get(key), dict) else {}, value)
+        else:
+            base[key] = value
+    return base
+
+
+def load_config(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+) -> tuple[dict[str, Any], set[str]]:
+    """The validated config (defaults filled) of one config file, or of several merged in
+    order as ``snakemake --configfile a.yaml b.yaml`` merges them, and the optional sections
+    it states."""
+    raw: dict[str, Any] = {}
+    for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        try:
+            text = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {err}") from err
+        if not isinstance(text, dict):
+            raise ConfigError(f"{path}: the config must be a mapping of keys")
+        raw = _merged(raw, text)
     return validate_config(raw), sections_given(raw)
 
 
@@ -103,7 +121,7 @@ def _assumption_lines(config, info, calibration, assumptions, notes) -> list[str
 
 
 def make_plan(
-    configfile: str,
+    configfile: str | Sequence[str],
     *,
     device: str | None = None,
     speedup: float = 1.0,
@@ -114,7 +132,8 @@ def make_plan(
     data_dir: str | os.PathLike = DATA_DIR,
     profile: str | os.PathLike = report.PROFILE,
 ) -> dict[str, Any]:
-    """The plan of ``configfile`` as a JSON-able dict (see ``report.plan_record``)."""
+    """The plan of ``configfile`` (one file, or several merged in order) as a JSON-able dict
+    (see ``report.plan_record``)."""
     config, given = load_config(configfile)
     facts = {name: dataset_facts(name, spec, data_dir) for name, spec in config["datasets"].items()}
     where, note = calibration_device(device or config["device"])
@@ -147,7 +166,7 @@ def make_plan(
         name = "none" if identity is None else _model_name(identity)
         models.setdefault(name, figures[setting])
     header = {
-        "configfile": str(configfile),
+        "configfile": configfile if isinstance(configfile, str) else " ".join(configfile),
         "device": info,
         "assumptions": _assumption_lines(
             config, info, calibration, assumptions, [note] if note else []

@@ -3,7 +3,9 @@
 A job fits at the first attempt whose request (``resources.job_resource``: the rule's
 runtime and mem_mb times the attempt, capped at ``resources.limits``) covers its estimated
 time and host memory; one that no attempt covers (the profile's retries + 1) is over, and
-the plan's exit status says so, so a script can refuse to launch it.
+the plan's exit status says so, so a script can refuse to launch it. Jobs of the stages that
+save their progress as they go (``RESUMING``) carry their work over to the next attempt: they
+fit once the attempts' runtimes together cover their time.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from hessvalley.resources import job_resource
 
 PROFILE = Path("workflow/profiles/slurm/config.yaml")
 OVER = 0  # attempt value of a job no attempt covers
+# Stages whose killed job resumes where it stopped (losing minutes): training checkpoints,
+# finished projections and the GD state in progress, finished trace points.
+RESUMING = frozenset({"train", "projection_grid", "projection_segment", "projected_trace"})
 
 # What to turn when a rule's jobs run over: (time, memory).
 KNOBS: dict[str, tuple[str, str]] = {
@@ -78,10 +83,12 @@ def attempt_needed(config: Mapping[str, Any], stage: str, job: Job, attempts: in
     minutes = None if job.seconds is None else job.seconds / 60
     if job.kind == "small" or (minutes is None and job.host_mb is None):
         return None
+    available = 0.0
     for attempt in range(1, attempts + 1):
         runtime = job_resource(config, stage, "runtime", attempt)
         memory = job_resource(config, stage, "mem_mb", attempt)
-        if (minutes is None or minutes <= runtime) and (job.host_mb or 0) <= memory:
+        available = available + runtime if stage in RESUMING else runtime
+        if (minutes is None or minutes <= available) and (job.host_mb or 0) <= memory:
             return attempt
     return OVER
 
@@ -175,15 +182,22 @@ def _flag(
     memory = job_resource(config, row.stage, "mem_mb", 1)
     top_runtime = job_resource(config, row.stage, "runtime", attempts)
     top_memory = job_resource(config, row.stage, "mem_mb", attempts)
+    resumes = row.stage in RESUMING
+    if resumes:  # its attempts' runtimes add up
+        top_runtime = sum(
+            job_resource(config, row.stage, "runtime", a) for a in range(1, attempts + 1)
+        )
     hours = _hours(job.seconds)
     slow = hours is not None and hours * 60 > (top_runtime if needed == OVER else runtime)
     big = (job.host_mb or 0) > (top_memory if needed == OVER else memory)
     parts = []
     if slow:
-        parts.append(
-            f"{hours:.3g} h > {runtime} min (up to {top_runtime} min at attempt "
-            f"{attempts}, resources.limits.runtime)"
+        reach = (
+            f"{top_runtime} min over {attempts} attempts, as it resumes"
+            if resumes
+            else f"up to {top_runtime} min at attempt {attempts}"
         )
+        parts.append(f"{hours:.3g} h > {runtime} min ({reach}, resources.limits.runtime)")
     if big:
         parts.append(
             f"{job.host_mb:.0f} MB > {memory} MB (up to {top_memory} MB at attempt {attempts})"
