@@ -31,6 +31,7 @@ from hessvalley.data import load_dataset
 from hessvalley.flat import Layout, unflatten_into
 from hessvalley.hessian_keys import hessian_keys
 from hessvalley.models import build_model
+from hessvalley.partial_rows import PartialRows
 from hessvalley.projection.bisection import PathProjector
 from hessvalley.projection.cache import ProjectionCache
 from hessvalley.projection.claims import connection_verdict, connections
@@ -41,7 +42,7 @@ from hessvalley.projection.outcomes import BARRIER, CONNECTED, CONVERGED, STEP_C
 from hessvalley.projection.plan import n_segments, problems, projection_grid, segment_grid
 from hessvalley.projection.replay import SGDStates, bisection_midpoints
 from hessvalley.projection.segment import project_segment
-from hessvalley.projection.trace import TraceCache, path_trace
+from hessvalley.projection.trace import path_trace
 from hessvalley.schedule import checkpoint_steps, run_checkpoint_steps
 from hessvalley.stats import slope_fit
 from hessvalley.train import train_run, trainer_for
@@ -376,13 +377,12 @@ KILLED_TRACE_CLI = """
 import os, signal, sys
 from hessvalley import cli
 from hessvalley.projection import trace
-after, add = int(sys.argv[1]), trace.TraceCache.add
-def add_then_die(self, result):
-    row = add(self, result)
+after, add = int(sys.argv[1]), trace.PartialRows.add
+def add_then_die(self, row):
+    add(self, row)
     if len(self) == after:
         os.kill(os.getpid(), signal.SIGKILL)
-    return row
-trace.TraceCache.add = add_then_die
+trace.PartialRows.add = add_then_die
 sys.exit(cli.main(sys.argv[2:]))
 """
 
@@ -416,11 +416,11 @@ def test_killed_trace_job_resumes_from_its_points(
 
     computed = []
 
-    def counted(self, result, add=TraceCache.add):
+    def counted(self, row, add=PartialRows.add):
         computed.append(1)
-        return add(self, result)
+        return add(self, row)
 
-    monkeypatch.setattr("hessvalley.projection.trace.TraceCache.add", counted)
+    monkeypatch.setattr("hessvalley.projection.trace.PartialRows.add", counted)
     path_trace(trace, HESSIAN, "r", 0, *args, str(output))  # the job run again
     assert "resuming: 2 of 5 points from an earlier attempt" in capsys.readouterr().out
     assert len(computed) == 3
@@ -435,18 +435,18 @@ def test_killed_trace_job_resumes_from_its_points(
     # In-process: interrupted after 2 points with probe seed 3, then run with seed 4.
     computed.clear()
 
-    def interrupted(self, result):
+    def interrupted(self, row):
         if len(computed) == 2:
             raise KeyboardInterrupt
-        return counted(self, result)
+        return counted(self, row)
 
-    monkeypatch.setattr("hessvalley.projection.trace.TraceCache.add", interrupted)
+    monkeypatch.setattr("hessvalley.projection.trace.PartialRows.add", interrupted)
     other = tmp_path / "other" / "trace.zarr"
     with pytest.raises(KeyboardInterrupt):
         path_trace(trace, HESSIAN, "r", 0, *args, str(other))
     assert zarr.open_group(f"{other}.points.partial", mode="r").attrs["n_complete"] == 2
     computed.clear()
-    monkeypatch.setattr("hessvalley.projection.trace.TraceCache.add", counted)
+    monkeypatch.setattr("hessvalley.projection.trace.PartialRows.add", counted)
     path_trace({**trace, "seed": 4}, HESSIAN, "r", 0, *args, str(other))
     assert len(computed) == 5, "the rows of probe seed 3 must not be reused"
     assert "resuming" not in capsys.readouterr().out

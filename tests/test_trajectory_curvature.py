@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+import zarr
 
+from hessvalley import store
 from hessvalley.curvature import HessianOperator, exact_hessian, hutchpp_trace
 from hessvalley.curvature.trace import trace_budget
 from hessvalley.data import load_dataset
 from hessvalley.figures.curvature import curvature_figure
+from hessvalley.partial_rows import PartialRows
 from hessvalley.schedule import every_kth
 from hessvalley.train import train_run, trainer_for
 from hessvalley.trajectory_curvature import (
@@ -165,3 +168,66 @@ def test_figure_from_the_stores(trajectories, digits_store, tmp_path):
     )
     assert output.read_bytes()[:4] == b"%PDF"
     assert Path(output.with_suffix(".png")).read_bytes()[:4] == b"\x89PNG"
+
+
+RESUMED_STAGES = {
+    "trace": (trace_along_trajectory, {"every": 1, "trace": {"matvecs": 12}}),
+    "eigen": (eigen_along_trajectory, {"every": 1, "eigen": {"k": 2}}),
+    "exact spectrum": (spectrum_along_trajectory, {"spectrum": {"every": 1}}),
+    "slq spectrum": (
+        spectrum_along_trajectory,
+        {"spectrum": {"every": 1, "max_params": 10, "slq_starts": 3, "slq_steps": 10}},
+    ),
+}
+
+
+@pytest.mark.parametrize("stage", list(RESUMED_STAGES))
+def test_interrupted_curvature_job_resumes_to_the_identical_store(
+    stage, trajectories, digits_store, tmp_path, monkeypatch, capsys
+):
+    """Stopped after 2 of its 5 checkpoints, the job run again computes only the other 3 and
+    writes exactly the store of an uninterrupted run; a partial store of other keys is
+    discarded."""
+    function, overrides = RESUMED_STAGES[stage]
+    curvature = curvature_config(dtype="float64", **overrides)
+    args = ("r", 0, trajectories["mlp"], digits_store)
+    reference = tmp_path / "reference.zarr"
+    function(curvature, *args, str(reference))
+    computed, add = [], PartialRows.add
+
+    def counted(self, row):
+        computed.append(1)
+        add(self, row)
+
+    def interrupted(self, row):
+        if len(computed) == 2:
+            raise KeyboardInterrupt
+        counted(self, row)
+
+    output = tmp_path / "resumed.zarr"
+    monkeypatch.setattr(PartialRows, "add", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        function(curvature, *args, str(output))
+    assert not output.exists()
+    computed.clear()
+    monkeypatch.setattr(PartialRows, "add", counted)
+    function(curvature, *args, str(output))
+    assert "resuming: 2 of 5 checkpoints from an earlier attempt" in capsys.readouterr().out
+    assert len(computed) == 3 and not Path(f"{output}.checkpoints.partial").exists()
+    got, want = store.read_arrays(output), store.read_arrays(reference)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert got[name].dtype == want[name].dtype and np.array_equal(got[name], want[name]), name
+    attrs = [dict(zarr.open_group(p, mode="r").attrs) for p in (output, reference)]
+    assert attrs[0] == attrs[1]
+
+    # Interrupted with other keys (chunk size), then run with these: nothing is reused.
+    computed.clear()
+    monkeypatch.setattr(PartialRows, "add", interrupted)
+    other = tmp_path / "other.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        function({**curvature, "chunk_size": 100}, *args, str(other))
+    computed.clear()
+    monkeypatch.setattr(PartialRows, "add", counted)
+    function(curvature, *args, str(other))
+    assert "resuming" not in capsys.readouterr().out and len(computed) == 5

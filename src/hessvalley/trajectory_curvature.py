@@ -7,12 +7,14 @@ subset, ``curvature.n_samples``), BatchNorm in the ``curvature.batch_norm`` mode
 the one Hessian factory (``hessvalley.curvature.factory``) that the trace along projected
 paths uses too.
 The same probe seed is used at every checkpoint, so differences between checkpoints are not
-probe noise alone.
+probe noise alone. At paper scale a job runs for hours: each checkpoint's result is kept on
+disk as it finishes (``PartialRows``), and a killed job resumes after the last one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,7 @@ from hessvalley.curvature.trace import trace_budget
 from hessvalley.data import load_dataset
 from hessvalley.device import resolve_device
 from hessvalley.hessian_keys import hessian_keys
+from hessvalley.partial_rows import PartialRows
 from hessvalley.progress import progress
 from hessvalley.schedule import every_kth
 from hessvalley.train import trainer_for
@@ -68,6 +71,24 @@ class CheckpointHessians:
             "train_loss": (("checkpoint",), np.asarray(self.group["train_loss"][...])[chosen]),
         }
 
+    def rows(
+        self, output: str, section: str, seed: int, chosen: np.ndarray, desc: str
+    ) -> tuple[PartialRows, dict[str, list[Any]], Iterator[int]]:
+        """The rows an earlier, killed attempt finished (``PartialRows``), all rows so far by
+        column, and the chosen checkpoints still to do (with a progress bar)."""
+        spec = {
+            **self.attrs(section, "", seed)["config"],
+            "trajectory": self.group.attrs["config_hash"],
+            "chosen": chosen,
+            "seed": seed,
+        }
+        done = PartialRows(output, spec, "checkpoints")
+        if len(done):
+            print(f"resuming: {len(done)} of {len(chosen)} checkpoints from an earlier attempt")
+        bar = {"desc": desc, "initial": len(done), "total": len(chosen), "unit": "checkpoint"}
+        todo = (int(k) for k in progress(chosen[len(done) :], **bar))
+        return done, defaultdict(list, done.rows()), todo
+
     def attrs(self, section: str, setting: str, seed: int) -> dict[str, Any]:
         spec = hessian_keys(self.curvature) | {section: self.curvature[section]}
         return {
@@ -94,22 +115,31 @@ def trace_along_trajectory(
     chosen = np.asarray(every_kth(hessians.n_checkpoints, curvature["every"]))
     estimator = hutchpp_trace if spec["method"] == "hutchpp" else hutchinson_trace
     budget = trace_budget(spec["method"], int(spec["matvecs"]), hessians.n_params)
-    estimates, stderrs, samples, matvecs = [], [], [], []
-    for k in progress(chosen, desc=f"{setting} seed {seed} trace", unit="checkpoint"):
+    partial, rows, todo = hessians.rows(
+        output, "trace", seed, chosen, f"{setting} seed {seed} trace"
+    )
+    for k in todo:
         generator = torch.Generator().manual_seed(int(spec["seed"]))
-        result = estimator(hessians.operator(int(k)), generator, **budget)
-        estimates.append(result.estimate)
-        stderrs.append(result.stderr)
-        samples.append(result.samples.numpy())
-        matvecs.append(result.n_matvecs)
+        result = estimator(hessians.operator(k), generator, **budget)
+        row = {
+            "trace": np.float64(result.estimate),
+            "trace_stderr": np.float64(result.stderr),
+            "trace_samples": result.samples.numpy(),
+            "n_matvecs": np.int64(result.n_matvecs),
+        }
+        partial.add(row)
+        for name, value in row.items():
+            rows[name].append(value)
+    estimates = np.asarray(rows["trace"])
     arrays = {
         **hessians.coords(chosen),
-        "trace": (("checkpoint",), np.asarray(estimates)),
-        "trace_stderr": (("checkpoint",), np.asarray(stderrs)),
-        "trace_samples": (("checkpoint", "sample"), np.stack(samples)),
-        "n_matvecs": (("checkpoint",), np.asarray(matvecs)),
+        "trace": (("checkpoint",), estimates),
+        "trace_stderr": (("checkpoint",), np.asarray(rows["trace_stderr"])),
+        "trace_samples": (("checkpoint", "sample"), np.stack(rows["trace_samples"])),
+        "n_matvecs": (("checkpoint",), np.asarray(rows["n_matvecs"])),
     }
     store.write_store(output, arrays, {**hessians.attrs("trace", setting, seed), **budget})
+    partial.remove()
     print(f"{setting} seed {seed}: trace {estimates[0]:.4g} -> {estimates[-1]:.4g}")
 
 
@@ -127,20 +157,26 @@ def eigen_along_trajectory(
     spec = curvature["eigen"]
     k = min(int(spec["k"]), hessians.n_params)
     chosen = np.asarray(every_kth(hessians.n_checkpoints, curvature["every"]))
-    rows: dict[str, list] = {name: [] for name in RITZ_FIELDS}
-    for index in progress(chosen, desc=f"{setting} seed {seed} eigen", unit="checkpoint"):
+    partial, rows, todo = hessians.rows(
+        output, "eigen", seed, chosen, f"{setting} seed {seed} eigen"
+    )
+    for index in todo:
         generator = torch.Generator().manual_seed(int(spec["seed"]))
         pairs = lanczos_extremes(
-            hessians.operator(int(index)),
+            hessians.operator(index),
             k,
             generator,
             tol=float(spec["tol"]),
             max_dim=spec["max_dim"],
             block_size=int(spec["block_size"]),
         )
+        row = {}
         for name in RITZ_FIELDS:
             value = getattr(pairs, name)
-            rows[name].append(value.numpy() if isinstance(value, torch.Tensor) else value)
+            row[name] = np.asarray(value.numpy() if isinstance(value, torch.Tensor) else value)
+        partial.add(row)
+        for name, value in row.items():
+            rows[name].append(value)
     arrays = {
         **hessians.coords(chosen),
         "largest": (("checkpoint", "rank"), np.stack(rows["largest"])),
@@ -151,6 +187,7 @@ def eigen_along_trajectory(
         "converged": (("checkpoint",), np.asarray(rows["converged"])),
     }
     store.write_store(output, arrays, hessians.attrs("eigen", setting, seed))
+    partial.remove()
     top = np.stack(rows["largest"])[:, 0]
     print(f"{setting} seed {seed}: top eigenvalue {top[0]:.4g} -> {top[-1]:.4g}")
 
@@ -181,40 +218,44 @@ def spectrum_along_trajectory(
     spec = curvature["spectrum"]
     exact = hessians.n_params <= int(spec["max_params"])
     chosen = np.asarray(every_kth(hessians.n_checkpoints, spec["every"]))
-    results = []
-    for k in progress(chosen, desc=f"{setting} seed {seed} spectrum", unit="checkpoint"):
-        op = hessians.operator(int(k))
+    desc = f"{setting} seed {seed} spectrum"
+    partial, rows, todo = hessians.rows(output, "spectrum", seed, chosen, desc)
+    for k in todo:
+        op = hessians.operator(k)
         if exact:
             eigenvalues = exact_spectrum(op, int(spec["max_params"])).numpy()
-            results.append(
-                (eigenvalues, negative_eigenvalue_sum(torch.from_numpy(eigenvalues)), 0.0)
-            )
+            negative = negative_eigenvalue_sum(torch.from_numpy(eigenvalues))
+            row = {"eigenvalues": eigenvalues, "negative_sum": np.float64(negative)}
+            row["negative_sum_stderr"] = np.float64(0.0)
         else:
             generator = torch.Generator().manual_seed(int(spec["seed"]))
             quadrature = stochastic_lanczos_quadrature(
                 op, generator, n_starts=int(spec["slq_starts"]), n_steps=int(spec["slq_steps"])
             )
-            negative = quadrature.trace_of(lambda t: t.clamp(max=0))
-            results.append((quadrature, negative.estimate, negative.stderr))
+            estimate = quadrature.trace_of(lambda t: t.clamp(max=0))
+            row = {
+                "slq_nodes": quadrature.nodes.numpy(),
+                "slq_weights": quadrature.weights.numpy(),
+                "negative_sum": np.float64(estimate.estimate),
+                "negative_sum_stderr": np.float64(estimate.stderr),
+            }
+        partial.add(row)
+        for name, value in row.items():
+            rows[name].append(value)
     arrays = {
         **hessians.coords(chosen),
-        "negative_sum": (("checkpoint",), np.asarray([r[1] for r in results])),
-        "negative_sum_stderr": (("checkpoint",), np.asarray([r[2] for r in results])),
+        "negative_sum": (("checkpoint",), np.asarray(rows["negative_sum"])),
+        "negative_sum_stderr": (("checkpoint",), np.asarray(rows["negative_sum_stderr"])),
     }
     if exact:
-        arrays["eigenvalues"] = (("checkpoint", "eigen"), np.stack([r[0] for r in results]))
+        arrays["eigenvalues"] = (("checkpoint", "eigen"), np.stack(rows["eigenvalues"]))
     else:
-        arrays["slq_nodes"] = (
-            ("checkpoint", "start", "node"),
-            np.stack([r[0].nodes.numpy() for r in results]),
-        )
-        arrays["slq_weights"] = (
-            ("checkpoint", "start", "node"),
-            np.stack([r[0].weights.numpy() for r in results]),
-        )
+        for name in ("slq_nodes", "slq_weights"):
+            arrays[name] = (("checkpoint", "start", "node"), np.stack(rows[name]))
     attrs = {**hessians.attrs("spectrum", setting, seed), "method": "exact" if exact else "slq"}
     store.write_store(output, arrays, attrs)
+    partial.remove()
     print(
         f"{setting} seed {seed}: {'exact' if exact else 'SLQ'} spectrum at {len(chosen)} "
-        f"checkpoints; negative eigenvalue sum {results[-1][1]:.4g} at the last"
+        f"checkpoints; negative eigenvalue sum {rows['negative_sum'][-1]:.4g} at the last"
     )

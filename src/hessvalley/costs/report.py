@@ -22,8 +22,18 @@ from hessvalley.resources import job_resource
 PROFILE = Path("workflow/profiles/slurm/config.yaml")
 OVER = 0  # attempt value of a job no attempt covers
 # Stages whose killed job resumes where it stopped (losing minutes): training checkpoints,
-# finished projections and the GD state in progress, finished trace points.
-RESUMING = frozenset({"train", "projection_grid", "projection_segment", "projected_trace"})
+# finished projections and the GD state in progress, finished trace points and checkpoints.
+RESUMING = frozenset(
+    {
+        "train",
+        "projection_grid",
+        "projection_segment",
+        "projected_trace",
+        "curvature_trace",
+        "curvature_eigen",
+        "curvature_spectrum",
+    }
+)
 
 # What to turn when a rule's jobs run over: (time, memory).
 KNOBS: dict[str, tuple[str, str]] = {

@@ -110,20 +110,12 @@ class ProjectionCache:
 
     def _load(self) -> dict[int, Projection]:
         n = int(self.group.attrs["n_complete"])
-        column = {name: np.asarray(self.group[name][:n]) for name, _ in self.SCALARS}
-        params = np.asarray(self.group["params"][:n])
-        buffers = np.asarray(self.group["buffers"][:n]) if self.n_buffers else np.zeros((n, 0))
-        return {
-            int(column["step"][i]): Projection(
-                torch.from_numpy(params[i]),
-                torch.from_numpy(buffers[i]),
-                int(column["gd_steps"][i]),
-                int(column["status"][i]),
-                float(column["start_loss"][i]),
-                {name: float(column[name][i]) for name in METRICS},
-            )
-            for i in range(n)
-        }
+        columns = {name: np.asarray(self.group[name][:n]) for name, _ in self.SCALARS}
+        columns["params"] = np.asarray(self.group["params"][:n])
+        columns["buffers"] = (
+            np.asarray(self.group["buffers"][:n]) if self.n_buffers else np.zeros((n, 0))
+        )
+        return projections_by_step(columns)
 
     def add(self, step: int, projection: Projection) -> None:
         """Append ``projection`` of the SGD state at ``step`` and commit it."""
@@ -149,3 +141,19 @@ class ProjectionCache:
         """Delete the store (once the segment's output is published) and drop its lock."""
         shutil.rmtree(self.path, ignore_errors=True)
         store_lock.release(self.base)
+
+
+def projections_by_step(columns: Mapping[str, np.ndarray]) -> dict[int, Projection]:
+    """Projections from columns (``step``, ``gd_steps``, ``status``, ``start_loss``, the
+    metrics, ``params`` and ``buffers`` rows) as a cache or a grid store holds them."""
+    return {
+        int(step): Projection(
+            torch.from_numpy(columns["params"][i]),
+            torch.from_numpy(columns["buffers"][i]),
+            int(columns["gd_steps"][i]),
+            int(columns["status"][i]),
+            float(columns["start_loss"][i]),
+            {name: float(columns[name][i]) for name in METRICS},
+        )
+        for i, step in enumerate(columns["step"])
+    }

@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 import zarr
 
 from hessvalley import store
@@ -23,7 +22,7 @@ from hessvalley.determinism import reproducing
 from hessvalley.device import resolve_device
 from hessvalley.errors import HessvalleyError
 from hessvalley.progress import progress
-from hessvalley.projection.cache import ProjectionCache
+from hessvalley.projection.cache import ProjectionCache, projections_by_step
 from hessvalley.projection.gd import Projection, gd_trainer, project
 from hessvalley.projection.outcomes import CONVERGED, DIVERGED, STEP_CAP
 from hessvalley.projection.plan import GD_KEYS, grid_block
@@ -149,14 +148,5 @@ def grid_projections(
                 f"{path}: made with other projection settings, trajectory or seed than this "
                 "segment's; re-run its grid job"
             )
-        columns = store.read_arrays(path)
-        for i, step in enumerate(columns["step"]):
-            out[int(step)] = Projection(
-                torch.from_numpy(columns["params"][i]),
-                torch.from_numpy(columns["buffers"][i]),
-                int(columns["gd_steps"][i]),
-                int(columns["status"][i]),
-                float(columns["start_loss"][i]),
-                {name: float(columns[name][i]) for name in METRICS},
-            )
+        out.update(projections_by_step(store.read_arrays(path)))
     return out

@@ -7,15 +7,14 @@ budget and probe seed). The same probes are used at every point, so differences 
 path are not probe noise alone.
 
 At paper scale a trace job runs for hours (151 points of 99 Hessian-vector products each), so
-each finished point is kept on disk at once (``TraceCache``) and a job killed by SLURM
+each finished point is kept on disk at once (``PartialRows``) and a job killed by SLURM
 resumes after the points it finished; probes are seeded per point, so the resumed trace is
 bit for bit an uninterrupted one's.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 import zarr
 
-from hessvalley import store, store_lock
+from hessvalley import store
 from hessvalley.curvature import hutchinson_trace, hutchpp_trace
 from hessvalley.curvature.factory import hessian_at, hessian_attrs
 from hessvalley.curvature.trace import TraceEstimate, trace_budget
@@ -33,6 +32,7 @@ from hessvalley.errors import HessvalleyError
 from hessvalley.hessian_keys import hessian_keys
 from hessvalley.losses import build_loss
 from hessvalley.models import build_model
+from hessvalley.partial_rows import PartialRows
 from hessvalley.progress import progress
 from hessvalley.stats import slope_fit
 from hessvalley.trajectory_store import open_trajectory
@@ -67,62 +67,12 @@ def _model(run: Mapping[str, Any], dataset: Any, device: str) -> torch.nn.Module
         return build_model(run["model"], dataset.input_shape, dataset.n_classes).to(device)
 
 
-class TraceCache:
-    """The finished points of one trace job, kept on disk as each one completes.
-
-    Each point's estimate, standard error and samples are appended to
-    ``<output>.points.partial`` (zarr, one row per traced point, in path order) as soon as it
-    is computed; a later attempt with the same spec (trace settings, Hessian keys, path store,
-    seed) loads them and skips those points, and a store made by another spec is discarded.
-    Rows count once ``n_complete`` (written after them) covers them, so a kill mid-append
-    loses at most the point in progress.
-    """
-
-    COLUMNS = ("trace", "trace_stderr", "trace_samples")
-
-    def __init__(self, output: str | os.PathLike, spec: Mapping[str, Any]) -> None:
-        self.base = f"{os.fspath(output)}.points"
-        self.path = store.partial_path(self.base)
-        self.group, resumed = store.open_partial(self.base, store.config_hash(spec))
-        if not resumed:
-            for name in self.COLUMNS[:2]:
-                store.create(self.group, name, ("point",), shape=(0,), dtype="f8", chunks=(64,))
-            # The hash goes in last: a store killed before it is complete is never reused.
-            self.group.update_attributes({**store.provenance(spec), "n_complete": 0})
-
-    def __len__(self) -> int:
-        return int(self.group.attrs["n_complete"])
-
-    def rows(self) -> dict[str, list[Any]]:
-        """The finished points' estimates, standard errors and samples, in path order."""
-        n = len(self)
-        if not n:
-            return {name: [] for name in self.COLUMNS}
-        return {name: list(np.asarray(self.group[name][:n])) for name in self.COLUMNS}
-
-    def add(self, result: TraceEstimate) -> dict[str, Any]:
-        """Append the next point's ``result`` and commit it; return the row written."""
-        n = len(self)
-        values = (result.estimate, result.stderr, result.samples.numpy())
-        row = dict(zip(self.COLUMNS, values, strict=True))
-        if "trace_samples" not in self.group:
-            samples = row["trace_samples"]
-            dims, shape = ("point", "probe"), (0, len(samples))
-            chunks = (64, len(samples))
-            store.create(
-                self.group, "trace_samples", dims, shape=shape, dtype=samples.dtype, chunks=chunks
-            )
-        for name, value in row.items():
-            array = self.group[name]
-            array.resize((n + 1, *array.shape[1:]))
-            array[n] = value
-        self.group.attrs["n_complete"] = n + 1
-        return row
-
-    def remove(self) -> None:
-        """Delete the store (once the trace's store is published) and drop its lock."""
-        shutil.rmtree(self.path, ignore_errors=True)
-        store_lock.release(self.base)
+def _row(result: TraceEstimate) -> dict[str, Any]:
+    return {
+        "trace": result.estimate,
+        "trace_stderr": result.stderr,
+        "trace_samples": result.samples.numpy(),
+    }
 
 
 def path_trace(
@@ -155,10 +105,10 @@ def path_trace(
     # The traced points' steps and losses identify the path beyond its config (a path
     # re-projected by other code has other losses).
     identity = {"points": {name: points[name] for name in ("step", "train_loss")}}
-    cache = TraceCache(output, {**spec, **identity, "seed": seed})
+    cache = PartialRows(output, {**spec, **identity, "seed": seed}, "points")
     if len(cache):
         print(f"resuming: {len(cache)} of {len(chosen)} points from an earlier attempt")
-    done = cache.rows()
+    done = defaultdict(list, cache.rows())
     bar = {"desc": f"{setting} seed {seed} trace", "initial": len(cache), "total": len(chosen)}
     for index in progress(chosen[len(cache) :], unit="point", **bar):
         op = hessian_at(
@@ -171,7 +121,9 @@ def path_trace(
             buffers=torch.from_numpy(np.asarray(projected["buffers"][index])),
         )
         generator = torch.Generator().manual_seed(int(trace["seed"]))  # same probes everywhere
-        for name, value in cache.add(estimator(op, generator, **budget)).items():
+        row = _row(estimator(op, generator, **budget))
+        cache.add(row)
+        for name, value in row.items():
             done[name].append(value)
     estimates = np.asarray(done["trace"], dtype=np.float64)
     fit = points["epoch"] >= float(trace["fit_from_epoch"])
