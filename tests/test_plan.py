@@ -237,3 +237,15 @@ def test_dataset_facts_without_building_the_dataset():
     )
     assert folder.input_shape is None and any("not a directory" in u for u in folder.unknown)
     assert math.prod(cifar.input_shape) * 4 == cifar.sample_bytes
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "problem"),
+    [("--gd-steps", "-1", "must be non-negative"), ("--bisections", "x", "invalid int value"),
+     ("--speedup", "0", "must be positive")],
+)  # fmt: skip
+def test_plan_options_refuse_bad_values(option, value, problem, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["plan", option, value])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: {problem}" in capsys.readouterr().err

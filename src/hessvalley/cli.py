@@ -108,13 +108,18 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _positive(kind: type):
+def _positive(kind: type, zero: bool = False):
+    """An argparse type: ``kind`` above 0 (or at least 0 with ``zero``)."""
+
     def convert(text: str):
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(
+                f"must be {'non-negative' if zero else 'positive'}, got {text}"
+            )
         return value
 
+    convert.__name__ = kind.__name__  # argparse names it in "invalid int value: 'x'"
     return convert
 
 
@@ -131,9 +136,17 @@ def _add_plan_parser(sub: Any) -> None:
         help="config file(s), merged in order as Snakemake does (replace the default)",
     )
     p_plan.add_argument("--device", default=None, help="calibration device (config's device)")
-    p_plan.add_argument("--gd-steps", type=int, default=10, help="GD steps per projection (10)")
     p_plan.add_argument(
-        "--bisections", type=int, default=1, help="bisection projections per grid interval (1)"
+        "--gd-steps",
+        type=_positive(int, zero=True),
+        default=10,
+        help="GD steps per projection (10)",
+    )
+    p_plan.add_argument(
+        "--bisections",
+        type=_positive(int, zero=True),
+        default=1,
+        help="bisection projections per grid interval (1)",
     )
     p_plan.add_argument(
         "--speedup", type=_positive(float), default=1.0, help="divide device times by this (1)"
