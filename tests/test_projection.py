@@ -31,7 +31,6 @@ from hessvalley.data import load_dataset
 from hessvalley.flat import Layout, unflatten_into
 from hessvalley.hessian_keys import hessian_keys
 from hessvalley.models import build_model
-from hessvalley.partial_rows import PartialRows
 from hessvalley.projection.bisection import PathProjector
 from hessvalley.projection.cache import ProjectionCache
 from hessvalley.projection.claims import connection_verdict, connections
@@ -51,6 +50,7 @@ from hessvalley.trajectory_store import METRICS, TrainState, read_state
 
 from .conftest import REPO, make_config, run_spec
 from .snakemake_runner import planned_jobs, snakemake
+from .stores import assert_identical_stores, count_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MLP = {"name": "mlp", "widths": [8], "activation": "tanh"}
@@ -414,39 +414,21 @@ def test_killed_trace_job_resumes_from_its_points(
     assert zarr.open_group(side, mode="r").attrs["n_complete"] == 2
     assert not output.exists(), "a killed job must not publish its store"
 
-    computed = []
-
-    def counted(self, row, add=PartialRows.add):
-        computed.append(1)
-        return add(self, row)
-
-    monkeypatch.setattr("hessvalley.projection.trace.PartialRows.add", counted)
+    computed = count_rows(monkeypatch)
     path_trace(trace, HESSIAN, "r", 0, *args, str(output))  # the job run again
     assert "resuming: 2 of 5 points from an earlier attempt" in capsys.readouterr().out
     assert len(computed) == 3
     assert not side.exists() and not Path(f"{output}.points.lock").exists()
-    got, want = store.read_arrays(output), store.read_arrays(reference)
-    assert sorted(got) == sorted(want)
-    for name in want:
-        assert got[name].dtype == want[name].dtype and np.array_equal(got[name], want[name]), name
-    attrs = [dict(zarr.open_group(p, mode="r").attrs) for p in (output, reference)]
-    assert attrs[0] == attrs[1]
+    assert_identical_stores(output, reference)
+    want = store.read_arrays(reference)
 
     # In-process: interrupted after 2 points with probe seed 3, then run with seed 4.
-    computed.clear()
-
-    def interrupted(self, row):
-        if len(computed) == 2:
-            raise KeyboardInterrupt
-        return counted(self, row)
-
-    monkeypatch.setattr("hessvalley.projection.trace.PartialRows.add", interrupted)
+    count_rows(monkeypatch, stop_after=2)
     other = tmp_path / "other" / "trace.zarr"
     with pytest.raises(KeyboardInterrupt):
         path_trace(trace, HESSIAN, "r", 0, *args, str(other))
     assert zarr.open_group(f"{other}.points.partial", mode="r").attrs["n_complete"] == 2
-    computed.clear()
-    monkeypatch.setattr("hessvalley.projection.trace.PartialRows.add", counted)
+    computed = count_rows(monkeypatch)
     path_trace({**trace, "seed": 4}, HESSIAN, "r", 0, *args, str(other))
     assert len(computed) == 5, "the rows of probe seed 3 must not be reused"
     assert "resuming" not in capsys.readouterr().out
@@ -559,15 +541,7 @@ def test_killed_segment_job_resumes_from_its_projections(runs, digits_store, tmp
     assert int(counted[1]) + killed_at == n_points  # only the rest was projected by GD
     assert not side.exists()
 
-    got, want = store.read_arrays(output), store.read_arrays(reference)
-    assert sorted(got) == sorted(want)
-    for name in want:
-        assert got[name].dtype == want[name].dtype, name
-        assert np.array_equal(got[name], want[name]), name
-    attrs = [dict(zarr.open_group(p, mode="r").attrs) for p in (output, reference)]
-    for found in attrs:
-        found.pop("timings_s")
-    assert attrs[0] == attrs[1]
+    assert_identical_stores(output, reference, ignore_attrs=["timings_s"])
 
 
 def test_projection_cache_is_reused_only_for_the_same_segment_spec(

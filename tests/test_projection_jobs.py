@@ -31,6 +31,7 @@ from hessvalley.train import train_run
 from hessvalley.trajectory_store import read_state
 
 from .conftest import run_spec
+from .stores import assert_identical_stores
 from .test_projection import MLP, permuted_copy, settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,17 +64,6 @@ def grid_command(chosen: dict, trajectory: str, data: str, output: str, log: str
     return [sys.executable, "-m", "hessvalley", "run", "projection_grid",
             "--kwargs", json.dumps(kwargs), "--io", json.dumps(io), "--threads", "1",
             "--log", log]  # fmt: skip
-
-
-def same_store(got: str, want: str) -> None:
-    a, b = store.read_arrays(got), store.read_arrays(want)
-    assert sorted(a) == sorted(b)
-    for name in b:
-        assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), name
-    attrs = [dict(zarr.open_group(p, mode="r").attrs) for p in (got, want)]
-    for found in attrs:
-        found.pop("timings_s")
-    assert attrs[0] == attrs[1]
 
 
 def test_killed_gd_projection_resumes_to_the_identical_result(trajectory, digits_store, tmp_path):
@@ -111,7 +101,7 @@ def test_killed_gd_projection_resumes_to_the_identical_result(trajectory, digits
 
     subprocess.run(command, check=True, env=env)
     assert f"resuming the projection of step 0 at GD step {killed_at}" in log.read_text()
-    same_store(str(output), reference)
+    assert_identical_stores(output, reference, ignore_attrs=["timings_s"])
     assert not saved.parent.exists()
 
 

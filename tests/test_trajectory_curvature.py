@@ -9,14 +9,11 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-import zarr
 
-from hessvalley import store
 from hessvalley.curvature import HessianOperator, exact_hessian, hutchpp_trace
 from hessvalley.curvature.trace import trace_budget
 from hessvalley.data import load_dataset
 from hessvalley.figures.curvature import curvature_figure
-from hessvalley.partial_rows import PartialRows
 from hessvalley.schedule import every_kth
 from hessvalley.train import train_run, trainer_for
 from hessvalley.trajectory_curvature import (
@@ -27,6 +24,7 @@ from hessvalley.trajectory_curvature import (
 from hessvalley.trajectory_store import open_trajectory, read_state
 
 from .conftest import make_config, run_spec
+from .stores import assert_identical_stores, count_rows
 
 MLP = {"name": "mlp", "widths": [6], "activation": "tanh"}
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -193,41 +191,22 @@ def test_interrupted_curvature_job_resumes_to_the_identical_store(
     args = ("r", 0, trajectories["mlp"], digits_store)
     reference = tmp_path / "reference.zarr"
     function(curvature, *args, str(reference))
-    computed, add = [], PartialRows.add
-
-    def counted(self, row):
-        computed.append(1)
-        add(self, row)
-
-    def interrupted(self, row):
-        if len(computed) == 2:
-            raise KeyboardInterrupt
-        counted(self, row)
-
     output = tmp_path / "resumed.zarr"
-    monkeypatch.setattr(PartialRows, "add", interrupted)
+    count_rows(monkeypatch, stop_after=2)
     with pytest.raises(KeyboardInterrupt):
         function(curvature, *args, str(output))
     assert not output.exists()
-    computed.clear()
-    monkeypatch.setattr(PartialRows, "add", counted)
+    computed = count_rows(monkeypatch)
     function(curvature, *args, str(output))
     assert "resuming: 2 of 5 checkpoints from an earlier attempt" in capsys.readouterr().out
     assert len(computed) == 3 and not Path(f"{output}.checkpoints.partial").exists()
-    got, want = store.read_arrays(output), store.read_arrays(reference)
-    assert sorted(got) == sorted(want)
-    for name in want:
-        assert got[name].dtype == want[name].dtype and np.array_equal(got[name], want[name]), name
-    attrs = [dict(zarr.open_group(p, mode="r").attrs) for p in (output, reference)]
-    assert attrs[0] == attrs[1]
+    assert_identical_stores(output, reference)
 
     # Interrupted with other keys (chunk size), then run with these: nothing is reused.
-    computed.clear()
-    monkeypatch.setattr(PartialRows, "add", interrupted)
+    count_rows(monkeypatch, stop_after=2)
     other = tmp_path / "other.zarr"
     with pytest.raises(KeyboardInterrupt):
         function({**curvature, "chunk_size": 100}, *args, str(other))
-    computed.clear()
-    monkeypatch.setattr(PartialRows, "add", counted)
+    computed = count_rows(monkeypatch)
     function(curvature, *args, str(other))
     assert "resuming" not in capsys.readouterr().out and len(computed) == 5

@@ -10,7 +10,7 @@ from its finished projections and the one in progress (``ProjectionCache``).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,16 +37,24 @@ def gd_spec(settings: Mapping[str, Any], trajectory: zarr.Group) -> dict[str, An
     }
 
 
-def _block(settings: Mapping[str, Any], group: zarr.Group, segment: int, path: str) -> list[int]:
+def job_checkpoints(
+    trajectory: str, settings: Mapping[str, Any], segment: int, which: Callable[..., list[int]]
+) -> tuple[zarr.Group, list[int]]:
+    """The complete trajectory and the checkpoint indices job ``segment`` works on
+    (``which``: ``plan.grid_block`` for a grid job, ``plan.segment_grid`` for a segment)."""
+    group = open_trajectory(trajectory)
+    if not group.attrs.get("complete"):
+        raise HessvalleyError(f"trajectory {trajectory} is incomplete")
     try:
-        return grid_block(
+        checkpoints = which(
             int(group.attrs["n_checkpoints"]),
             settings["checkpoint_stride"],
             settings["intervals_per_segment"],
             segment,
         )
     except ValueError as err:
-        raise HessvalleyError(f"{path}: {err} (did the run stop early?)") from err
+        raise HessvalleyError(f"{trajectory}: {err} (did the run stop early?)") from err
+    return group, checkpoints
 
 
 def _grid_arrays(steps: list[int], checkpoints: list[int], found: list[Projection]):
@@ -75,10 +83,7 @@ def project_grid(
 ) -> None:
     """Grid job: GD projection of the grid checkpoints that segment ``segment`` starts from."""
     device = resolve_device(device)
-    group = open_trajectory(trajectory)
-    if not group.attrs.get("complete"):
-        raise HessvalleyError(f"trajectory {trajectory} is incomplete")
-    block = _block(settings, group, segment, trajectory)
+    group, block = job_checkpoints(trajectory, settings, segment, grid_block)
     dataset = load_dataset(data, device, group.attrs["run"]["train_on"])
     spec = gd_spec(settings, group)
     cache = ProjectionCache.for_segment(output, spec, group, seed, segment)
@@ -134,11 +139,15 @@ def project_grid(
 
 
 def grid_projections(
-    paths: Sequence[str], settings: Mapping[str, Any], trajectory: zarr.Group, seed: int
+    paths: Sequence[str],
+    settings: Mapping[str, Any],
+    trajectory: zarr.Group,
+    seed: int,
+    steps: Sequence[int],
 ) -> dict[int, Projection]:
-    """The projections of grid stores ``paths`` by SGD step, checked to be of this
-    trajectory and seed with these GD settings (a store of other settings would silently
-    join two different valleys)."""
+    """The projections at SGD ``steps`` that the grid stores ``paths`` hold, checked to be
+    of this trajectory and seed with these GD settings (a store of other settings would
+    silently join two different valleys). Only those rows' parameters are read."""
     want = store.config_hash(gd_spec(settings, trajectory))
     out: dict[int, Projection] = {}
     for path in paths:
@@ -148,5 +157,10 @@ def grid_projections(
                 f"{path}: made with other projection settings, trajectory or seed than this "
                 "segment's; re-run its grid job"
             )
-        out.update(projections_by_step(store.read_arrays(path)))
+        rows = np.flatnonzero(np.isin(np.asarray(grid["step"][...]), list(steps)))
+        if not len(rows):
+            continue
+        span = slice(rows[0], rows[-1] + 1)  # a segment's rows of a grid store are adjacent
+        columns = {name: np.asarray(grid[name][span])[rows - rows[0]] for name in grid.array_keys()}
+        out.update(projections_by_step(columns))
     return out

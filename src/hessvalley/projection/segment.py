@@ -26,11 +26,10 @@ from hessvalley.progress import progress
 from hessvalley.projection.bisection import Bisection, Edge, PathProjector, Point
 from hessvalley.projection.cache import ProjectionCache
 from hessvalley.projection.gd import Projection
-from hessvalley.projection.grid import grid_projections
+from hessvalley.projection.grid import grid_projections, job_checkpoints
 from hessvalley.projection.interpolation import interpolation_alphas
 from hessvalley.projection.outcomes import counts
 from hessvalley.projection.plan import projection_grid, segment_grid
-from hessvalley.trajectory_store import open_trajectory
 
 
 def _point_arrays(points: Sequence[Point], steps_per_epoch: int, grid_steps: set[int]):
@@ -118,7 +117,7 @@ def _given_ends(
     stores; all of them, or an error naming the missing steps, with)."""
     if grids is None:
         return {}
-    from_grids = grid_projections(grids, settings, group, seed)
+    from_grids = grid_projections(grids, settings, group, seed, grid_steps)
     missing = [step for step in grid_steps if step not in from_grids]
     if missing:
         raise HessvalleyError(
@@ -146,18 +145,7 @@ def project_segment(
     way: each is projected once per seed); without them this job projects its grid
     checkpoints itself."""
     device = resolve_device(device)
-    group = open_trajectory(trajectory)
-    if not group.attrs.get("complete"):
-        raise HessvalleyError(f"trajectory {trajectory} is incomplete")
-    try:
-        grid = segment_grid(
-            int(group.attrs["n_checkpoints"]),
-            settings["checkpoint_stride"],
-            settings["intervals_per_segment"],
-            segment,
-        )
-    except ValueError as err:
-        raise HessvalleyError(f"{trajectory}: {err} (did the run stop early?)") from err
+    group, grid = job_checkpoints(trajectory, settings, segment, segment_grid)
     dataset = load_dataset(data, device, group.attrs["run"]["train_on"])
     cache = ProjectionCache.for_segment(output, settings, group, seed, segment)
     if len(cache):
