@@ -13,7 +13,16 @@ from hessvalley.config import validate_config
 
 from .conftest import REPO
 
-CAPTIONS = ("wei2020_fig1", "wei2020_fig3", "wei2020_fig4", "curvature", "training")
+CAPTIONS = (
+    "wei2020_fig1",
+    "wei2020_fig2a",
+    "wei2020_fig3",
+    "wei2020_fig4",
+    "wei2020_fig5",
+    "wei2020_fig6",
+    "curvature",
+    "training",
+)
 
 
 def render(caption: str, config: dict, **wildcards) -> str:

@@ -11,7 +11,7 @@ import yaml
 
 from hessvalley import cli
 from hessvalley.config import validate_config
-from hessvalley.costs import estimate, report
+from hessvalley.costs import estimate, estimate_appendix, report
 from hessvalley.costs.facts import dataset_facts
 from hessvalley.costs.model import Assumptions, Job
 from hessvalley.costs.plan import make_plan
@@ -249,3 +249,46 @@ def test_plan_options_refuse_bad_values(option, value, problem, capsys):
         cli.main(["plan", option, value])
     assert exit_info.value.code == 2
     assert f"argument {option}: {problem}" in capsys.readouterr().err
+
+
+def test_appendix_rows_match_hand_computation():
+    """equilibrium_sweep, alignment and fdr on the small config (speedup 2, FIG's figures)."""
+    config = validate_config(
+        {
+            **small_config(),
+            "equilibrium": {
+                "runs": ["m"],
+                "batch_sizes": [10, 50],
+                "lrs": [0.1],
+                "steps": 20,
+                "snapshots": 2,
+                "gd_points": 1,
+            },
+            "alignment": {"runs": ["m"], "every": "last", "max_params": 10, "probes": 8},
+            "fdr": {"runs": ["m"], "seeds": [1], "every": 2, "k": [1, 5], "n_samples": 50},
+        }
+    )
+    facts = {n: dataset_facts(n, s) for n, s in config["datasets"].items()}
+    runs = estimate.run_costs(config, facts, {"m": FIG}, Assumptions(speedup=2.0))
+    eigh = {"seconds": 0.5, "size": 500}
+    given = {"equilibrium", "alignment", "fdr"}
+    rows = {r.stage: r for r in estimate_appendix.appendix_rows(config, given, runs, eigh)}
+
+    # 2 cells x 20 steps of S (10, 50) samples; 2 x 2 snapshots + 1 GD point, each a dense
+    # Hessian over all 1347 samples (1000 HVPs in sweeps of 2 probes: 500 sweeps) and an eigh
+    # of 1000 (0.5 s x 2^3, not sped up), and an evaluation of 1797 samples
+    sweep = rows["equilibrium_sweep"].jobs[0]
+    training = 20 * ((10 * 1e-3 + 0.01) + (50 * 1e-3 + 0.01)) / 2
+    hessian = 1347 * (500 * 2e-3 + 1000 * 1e-3) / 2 + 0.5 * 8
+    assert sweep.count == 2
+    assert sweep.seconds == pytest.approx(training + 5 * (hessian + 1797 * 1e-4 / 2))
+    # 1000 parameters > max_params 10: 8 probes of H and of C (4 sweeps each, 2 probes a sweep)
+    # over the 100 curvature samples, at the last checkpoint only
+    alignment = rows["alignment"].jobs[0]
+    assert alignment.seconds == pytest.approx(2 * 100 * (4 * 2e-3 + 8 * 1e-3) / 2)
+    # fdr: seed 1 only; a replay of all 26 steps, Lanczos at checkpoints 0 and 2 up to
+    # max(100, 20 x 5) = 100 single-vector blocks over fdr.n_samples = 50
+    fdr = rows["fdr"].jobs[0]
+    lanczos = 50 * (100 * 2e-3 + 100 * 1e-3) / 2
+    assert fdr.count == 1
+    assert fdr.seconds == pytest.approx(26 * (100 * 1e-3 + 0.01) / 2 + 2 * lanczos)

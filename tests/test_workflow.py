@@ -257,6 +257,9 @@ def test_every_rule_asks_for_its_own_resources(tmp_path):
             "runs": {"tiny_mlp": None},
             "figures": {"fig1": ["tiny_mlp"], "fig3": ["tiny_mlp"], "fig4": ["tiny_mlp"]},
         },
+        "equilibrium": {"runs": ["tiny_mlp"]},
+        "alignment": {"runs": ["tiny_mlp"]},
+        "fdr": {"runs": ["tiny_mlp"]},
         "resources": {
             **{rule: {"runtime": t, "mem_mb": m} for rule, (t, m) in asked.items()},
             "limits": {"runtime": 200, "mem_mb": 2000},

@@ -24,7 +24,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from hessvalley import resources, stages
+from hessvalley import appendix_config, curvature_runs, resources, stages
 from hessvalley.projection import plan as projection_plan
 from hessvalley.schedule import (
     TORCHVISION_SOURCES,
@@ -58,7 +58,16 @@ NAME_RULE = (
 
 # Sections that add jobs to the default target only when the config states them; their keys
 # still get defaults, so an explicitly requested output of an absent section runs.
-OPTIONAL_SECTIONS = ("toy.fig2b", "toy.fig2cd", "toy.fig7", "projection", "curvature")
+OPTIONAL_SECTIONS = (
+    "toy.fig2b",
+    "toy.fig2cd",
+    "toy.fig7",
+    "projection",
+    "curvature",
+    "equilibrium",
+    "alignment",
+    "fdr",
+)
 
 
 class ConfigError(ValueError):
@@ -97,8 +106,32 @@ def _parsed_schema(path: Path) -> dict[str, Any]:
         return yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
+def _alternative_errors(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
+    """The errors of a ``oneOf``/``anyOf`` alternative that says more than "wrong type": the
+    one whose errors lie deepest (entries of a mapping or list), else the one alternative of
+    the right type; ``[error]`` itself when none does, or when the key has a description."""
+    context = error.context or []
+    if error.validator not in ("oneOf", "anyOf") or not context:
+        return [error]
+    branches: dict[Any, list[jsonschema.ValidationError]] = {}
+    for e in context:
+        branches.setdefault(e.relative_schema_path[0], []).append(e)
+    deepest = max(len(e.absolute_path) for e in context)
+    if deepest > len(error.absolute_path):  # a mapping or list whose entries are wrong
+        chosen = [b for b in branches.values() if any(len(e.absolute_path) == deepest for e in b)]
+    elif "description" in error.schema:
+        return [error]
+    else:
+        chosen = [b for b in branches.values() if all(e.validator != "type" for e in b)]
+    if len(chosen) != 1:
+        return [error]
+    return [inner for e in chosen[0] for inner in _alternative_errors(e)]
+
+
 def _message(error: jsonschema.ValidationError) -> str:
     where = key_path(error.absolute_path)
+    if error.validator in ("oneOf", "anyOf") and "description" in error.schema:
+        return f"{where}: {error.instance!r} is not valid: {error.schema['description']}"
     if error.validator == "pattern" and error.validator_value == NAME_PATTERN:
         if "propertyNames" in error.relative_schema_path:
             return f"{where}.{error.instance!r}: {NAME_RULE}"
@@ -108,7 +141,7 @@ def _message(error: jsonschema.ValidationError) -> str:
 
 def _schema_errors(config: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
-    return [_message(error) for error in errors]
+    return [_message(inner) for error in errors for inner in _alternative_errors(error)]
 
 
 def _yaml_scalar(text: str) -> Any:
@@ -313,21 +346,12 @@ def _projection(config: dict[str, Any]) -> Iterator[str]:
 
 @check
 def _curvature(config: dict[str, Any]) -> Iterator[str]:
-    section = config["curvature"]
-    for key, names in (
-        ("runs", section["runs"] or []),
-        ("spectrum.runs", section["spectrum"]["runs"]),
-    ):
-        for name in names:
-            if name not in config["runs"]:
-                yield f"curvature.{key}: unknown run {name!r}"
-    measured = section["runs"]
-    for name in section["spectrum"]["runs"]:
-        if measured is not None and name in config["runs"] and name not in measured:
-            yield (
-                f"curvature.spectrum.runs: {name!r} is not in curvature.runs "
-                "(its spectrum would never be plotted); add it there too"
-            )
+    yield from curvature_runs.problems(config)
+
+
+@check
+def _appendix(config: dict[str, Any]) -> Iterator[str]:
+    yield from appendix_config.problems(config)
 
 
 @check

@@ -10,7 +10,7 @@ and always at the last one.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 TORCHVISION_SOURCES = {"mnist": 60000, "cifar10": 50000, "cifar100": 50000}
@@ -33,6 +33,24 @@ def every_kth(n: int, k: int) -> list[int]:
     if chosen[-1] != n - 1:
         chosen.append(n - 1)
     return chosen
+
+
+def chosen_checkpoints(n: int, every: int | str | Sequence[int]) -> list[int]:
+    """The checkpoints (of ``n``) a stage measures: every k-th and the last (an integer),
+    only the last (``"last"``), or the listed indices (negative ones count from the end),
+    sorted and without repeats."""
+    if isinstance(every, str):
+        if every != "last":
+            raise ValueError(f"every must be an integer, a list or 'last', got {every!r}")
+        return [n - 1]
+    if isinstance(every, int):
+        return every_kth(n, every)
+    chosen = set()
+    for k in every:
+        if not -n <= int(k) < n:
+            raise ValueError(f"checkpoint {k} out of range: the trajectory has {n} checkpoints")
+        chosen.add(int(k) % n)
+    return sorted(chosen)
 
 
 def checkpoint_steps(total_steps: int, every: int) -> list[int]:

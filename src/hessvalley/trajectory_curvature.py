@@ -37,7 +37,7 @@ from hessvalley.device import resolve_device
 from hessvalley.hessian_keys import hessian_keys
 from hessvalley.partial_rows import PartialRows
 from hessvalley.progress import progress
-from hessvalley.schedule import every_kth
+from hessvalley.schedule import chosen_checkpoints
 from hessvalley.train import trainer_for
 from hessvalley.trajectory_store import open_trajectory, read_state
 
@@ -112,7 +112,7 @@ def trace_along_trajectory(
     """Hutch++ (or Hutchinson) trace with standard error and samples at each chosen checkpoint."""
     hessians = CheckpointHessians(trajectory, data, curvature, device)
     spec = curvature["trace"]
-    chosen = np.asarray(every_kth(hessians.n_checkpoints, curvature["every"]))
+    chosen = np.asarray(chosen_checkpoints(hessians.n_checkpoints, curvature["every"]))
     estimator = hutchpp_trace if spec["method"] == "hutchpp" else hutchinson_trace
     budget = trace_budget(spec["method"], int(spec["matvecs"]), hessians.n_params)
     partial, rows, todo = hessians.rows(
@@ -156,7 +156,7 @@ def eigen_along_trajectory(
     hessians = CheckpointHessians(trajectory, data, curvature, device)
     spec = curvature["eigen"]
     k = min(int(spec["k"]), hessians.n_params)
-    chosen = np.asarray(every_kth(hessians.n_checkpoints, curvature["every"]))
+    chosen = np.asarray(chosen_checkpoints(hessians.n_checkpoints, curvature["every"]))
     partial, rows, todo = hessians.rows(
         output, "eigen", seed, chosen, f"{setting} seed {seed} eigen"
     )
@@ -166,6 +166,7 @@ def eigen_along_trajectory(
             hessians.operator(index),
             k,
             generator,
+            which=spec["which"],
             tol=float(spec["tol"]),
             max_dim=spec["max_dim"],
             block_size=int(spec["block_size"]),
@@ -217,7 +218,7 @@ def spectrum_along_trajectory(
     hessians = CheckpointHessians(trajectory, data, curvature, device)
     spec = curvature["spectrum"]
     exact = hessians.n_params <= int(spec["max_params"])
-    chosen = np.asarray(every_kth(hessians.n_checkpoints, spec["every"]))
+    chosen = np.asarray(chosen_checkpoints(hessians.n_checkpoints, curvature["every"]))
     desc = f"{setting} seed {seed} spectrum"
     partial, rows, todo = hessians.rows(output, "spectrum", seed, chosen, desc)
     for k in todo:

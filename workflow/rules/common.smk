@@ -14,6 +14,7 @@ sys.path.insert(0, str(SRC))
 
 from hessvalley import stages, store_lock
 from hessvalley.config import ConfigError, sections_given, validate_config
+from hessvalley.curvature_runs import curvature_runs
 from hessvalley.hessian_keys import hessian_keys
 from hessvalley.projection import plan as projection_plan
 from hessvalley.resources import job_resource
@@ -271,9 +272,8 @@ def projection_targets():
 
 
 def curvature_settings():
-    """Run settings whose trajectories get trace and eigenvalue stores."""
-    chosen = config["curvature"]["runs"]
-    return list(config["runs"]) if chosen is None else list(chosen)
+    """Run settings whose trajectories get curvature stores (hessvalley.curvature_runs)."""
+    return list(curvature_runs(config))
 
 
 def curvature_store(setting, seed, name):
@@ -288,13 +288,15 @@ def hessian_kwargs():
 
 
 def curvature_kwargs(wildcards, section):
-    """Config of one curvature rule: the Hessian keys, `every`, and its own section only."""
-    own = config["curvature"][section]
+    """Config of one curvature rule: the Hessian keys, the run's `every`, and its own
+    section only (with the run's eigen overrides)."""
+    plan = curvature_runs(config)[wildcards.setting]
+    own = plan["eigen"] if section == "eigen" else config["curvature"][section]
     if section == "spectrum":
-        own = {k: v for k, v in own.items() if k != "runs"}
+        own = {k: v for k, v in own.items() if k not in ("runs", "every")}
     curvature = {
         **hessian_kwargs(),
-        "every": config["curvature"]["every"],
+        "every": plan["every"][section],
         section: own,
     }
     return as_json(
@@ -308,12 +310,10 @@ def curvature_kwargs(wildcards, section):
 
 def curvature_figure_inputs(wildcards):
     seeds = run_spec(wildcards.setting)["seeds"]
-    names = ["trace", "eigen"]
-    if wildcards.setting in config["curvature"]["spectrum"]["runs"]:
-        names.append("spectrum")
+    measurements = curvature_runs(config)[wildcards.setting]["measurements"]
     return {
         name: [curvature_store(wildcards.setting, seed, name) for seed in seeds]
-        for name in names
+        for name in measurements
     }
 
 
@@ -321,6 +321,46 @@ def curvature_targets():
     if "curvature" not in GIVEN:
         return []
     return [f"{FIGURES}/{s}_curvature.pdf" for s in curvature_settings()]
+
+
+# -- W&S appendix experiments: equilibrium sweep, alignment, FDR ------------------------
+
+
+def section_spec(section, *figure_keys):
+    """A section's keys that decide its stores: not `runs` (adding a run re-runs no other)
+    nor the keys only its figure reads."""
+    skip = {"runs", "seeds", *figure_keys}
+    return {k: v for k, v in config[section].items() if k not in skip}
+
+
+def section_hessian(section):
+    """The Hessian keys, with the section's own `n_samples` where it sets one."""
+    keys = hessian_kwargs()
+    if config[section].get("n_samples") is not None:
+        keys["n_samples"] = config[section]["n_samples"]
+    return keys
+
+
+def appendix_seeds(section, setting):
+    """Seeds of `setting` a section measures (fdr.seeds may choose some; else all)."""
+    chosen = config[section].get("seeds")
+    return run_spec(setting)["seeds"] if chosen is None else chosen
+
+
+def appendix_stores(section):
+    """results/<setting>/seed<k>/<section>.zarr of every run and seed the section measures."""
+    return [
+        f"{RESULTS}/{setting}/seed{seed}/{section}.zarr"
+        for setting in config[section]["runs"]
+        for seed in appendix_seeds(section, setting)
+    ]
+
+
+def appendix_targets(section, figure):
+    """The section's figure, when the config states the section and names some run."""
+    if section not in GIVEN or not config[section]["runs"]:
+        return []
+    return [f"{FIGURES}/{figure}.pdf"]
 
 
 TARGETS = []

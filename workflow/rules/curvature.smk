@@ -107,8 +107,8 @@ rule curvature_figure:
         ),
         io=lambda w, input, output: as_json(
             {
-                "traces": list(input.trace),
-                "eigens": list(input.eigen),
+                "traces": list(input.get("trace", [])),
+                "eigens": list(input.get("eigen", [])),
                 "spectra": list(input.get("spectrum", [])),
                 "output": output.pdf,
             }

@@ -10,14 +10,28 @@ from typing import Any
 
 from hessvalley.costs.estimate import _trace_row, _unknown, hessian_memory, hessian_samples
 from hessvalley.costs.model import BASE_MB, MB, Job, Row, RunCost, trace_matmats
-from hessvalley.schedule import every_kth
+from hessvalley.curvature_runs import curvature_runs
+from hessvalley.schedule import chosen_checkpoints
 
 TOYS = ("fig2b", "fig2cd", "fig7")
+APPENDIX_FIGURES = {
+    "equilibrium": "wei2020_fig2a",
+    "alignment": "wei2020_fig5",
+    "fdr": "wei2020_fig6",
+}
 
 
 def curvature_settings(config: Mapping[str, Any]) -> list[str]:
-    chosen = config["curvature"]["runs"]
-    return list(config["runs"]) if chosen is None else list(chosen)
+    return list(curvature_runs(config))
+
+
+def _points(n_checkpoints: int, every: Any) -> int:
+    """Checkpoints measured; a listed index the estimate's checkpoint count lacks (an early
+    stop, known only when the run has trained) still counts as one."""
+    try:
+        return len(chosen_checkpoints(n_checkpoints, every))
+    except ValueError:
+        return len(every)
 
 
 def _eigen_row(cost: RunCost, seeds: int, points: int, curvature: Mapping[str, Any]) -> Row:
@@ -39,14 +53,13 @@ def _eigen_row(cost: RunCost, seeds: int, points: int, curvature: Mapping[str, A
 def _spectrum_row(
     cost: RunCost,
     seeds: int,
-    n_checkpoints: int,
+    points: int,
     curvature: Mapping[str, Any],
     eigh: Mapping[str, Any] | None,
 ) -> Row:
     """Exact: P HVPs (unit vectors in blocks of probes_per_sweep) and a dense float64 eigh;
     beyond max_params, SLQ: slq_steps blocks of slq_starts vectors."""
     spec, n_params = curvature["spectrum"], cost.fig["n_params"]
-    points = len(every_kth(n_checkpoints, spec["every"]))
     pps, n_samples = int(curvature["probes_per_sweep"]), hessian_samples(cost, curvature)
     notes = []
     if n_params <= int(spec["max_params"]):
@@ -75,22 +88,25 @@ def curvature_rows(
     """Trace, extreme eigenvalues (and spectrum) at every ``every``-th checkpoint."""
     curvature = config["curvature"]
     rows = []
-    for setting in curvature_settings(config):
+    for setting, plan in curvature_runs(config).items():
         seeds, cost = len(config["runs"][setting]["seeds"]), runs[setting]
-        stages = ["curvature_trace", "curvature_eigen"]
-        if setting in curvature["spectrum"]["runs"]:
-            stages.append("curvature_spectrum")
+        stages = [f"curvature_{m}" for m in plan["measurements"]]
         if isinstance(cost, str):
             rows += [_unknown(stage, setting, seeds, cost) for stage in stages]
             continue
         n_checkpoints = len(cost.checkpoint_steps())
-        points = len(every_kth(n_checkpoints, curvature["every"]))
-        spec = curvature["trace"]
-        matmats = trace_matmats(spec["method"], int(spec["matvecs"]), cost.fig["n_params"])
-        rows.append(_trace_row("curvature_trace", cost, seeds, points, matmats, curvature))
-        rows.append(_eigen_row(cost, seeds, points, curvature))
-        if "curvature_spectrum" in stages:
-            rows.append(_spectrum_row(cost, seeds, n_checkpoints, curvature, eigh))
+        points = {m: _points(n_checkpoints, every) for m, every in plan["every"].items()}
+        if "trace" in points:
+            spec = curvature["trace"]
+            matmats = trace_matmats(spec["method"], int(spec["matvecs"]), cost.fig["n_params"])
+            rows.append(
+                _trace_row("curvature_trace", cost, seeds, points["trace"], matmats, curvature)
+            )
+        if "eigen" in points:
+            eigen = {**curvature, "eigen": plan["eigen"]}
+            rows.append(_eigen_row(cost, seeds, points["eigen"], eigen))
+        if "spectrum" in points:
+            rows.append(_spectrum_row(cost, seeds, points["spectrum"], curvature, eigh))
         if cost.spec.get("stop_below_loss") is not None:
             for row in rows[-len(stages) :]:
                 row.notes.append("upper bound: checkpoints of the full epochs")
@@ -133,7 +149,9 @@ def small_rows(config: Mapping[str, Any], given: set[str]) -> list[Row]:
             counts[f"wei2020_{figure}"] = int(bool(config["projection"]["figures"][figure]))
     for name in TOYS:
         counts[f"wei2020_{name}"] = int(f"toy.{name}" in given)
-    claims = any(counts.get(f"wei2020_{n}") for n in ("fig1", "fig3", "fig4", *TOYS))
+    for section, figure in APPENDIX_FIGURES.items():
+        counts[figure] = int(section in given and bool(config[section]["runs"]))
+    claims = any(counts.get(f) for f in counts if f.startswith("wei2020_"))
     counts["claims"] = int(claims)
     return [
         Row(stage, "-", [Job("all", n, None, None, None, None, "small")], ["not estimated"])

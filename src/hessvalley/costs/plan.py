@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from hessvalley.config import ConfigError, sections_given, validate_config
-from hessvalley.costs import cache, estimate, estimate_more, report, table
+from hessvalley.costs import cache, estimate, estimate_appendix, estimate_more, report, table
 from hessvalley.costs.facts import DATA_DIR, dataset_facts
 from hessvalley.costs.model import Assumptions
 
@@ -142,6 +142,7 @@ def make_plan(
     wanted = identities(config, facts)
     toys = {n: config["toy"][n] for n in estimate_more.TOYS if f"toy.{n}" in given}
     spectra = "curvature" in given and bool(config["curvature"]["spectrum"]["runs"])
+    spectra = spectra or ("equilibrium" in given and bool(config["equilibrium"]["runs"]))
     calibration = cache.calibrate(
         info,
         [i for i in wanted.values() if i is not None],
@@ -158,6 +159,7 @@ def make_plan(
         rows += estimate.projection_rows(config, runs, config["curvature"])
     if "curvature" in given:
         rows += estimate_more.curvature_rows(config, runs, calibration.eigh)
+    rows += estimate_appendix.appendix_rows(config, given, runs, calibration.eigh)
     toy_figures = {n: calibration.toys.get(cache.entry_key({n: s})) for n, s in toys.items()}
     rows += estimate_more.toy_rows(config, given, toy_figures)
     rows += estimate_more.small_rows(config, given)

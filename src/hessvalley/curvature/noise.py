@@ -2,14 +2,18 @@
 
 - Per-sample gradients g_k (``torch.func.vmap`` of ``grad`` over samples) and the centred
   noise covariance C = (1/M) sum_k (g_k - g)(g_k - g)^T with g = (1/M) sum_k g_k
-  (W&S section 2: the covariance of one-sample gradients; a mini-batch of S drawn without
-  replacement has (1/S)(1 - S/M) times it, a scale that cancels in every cosine here).
+  (W&S section 2: the covariance of one-sample gradients; the mean of a mini-batch of S drawn
+  without replacement has (M - S) / (S (M - 1)) times it, a scale that cancels in every cosine
+  here). Its uncentred variant, the second moment C_u = C + g g^T = (1/M) sum_k g_k g_k^T,
+  is what the noise of a mini-batch gradient measured from 0 rather than from g has.
 - ``CovarianceOperator``: C applied to (P, k) blocks without forming C or any g_k:
   C V = (1/M) (G - 1 g^T)^T (G - 1 g^T) V for the (M, P) per-sample gradients G, where G V is
   a forward-mode jvp and G^T W a reverse-mode vjp through the model (one sweep per block).
 - cos(H, C) = tr(HC) / (|H|_F |C|_F) (W&S A.4 eq. 35): exact from dense matrices, or
   stochastic from the same Rademacher probes z: z^T H C z, |Hz|^2 and |Cz|^2 are unbiased for
   tr(HC), |H|_F^2 and |C|_F^2; the ratio's standard error is by the delta method.
+  ``exact_alignment_summary`` / ``stochastic_alignment_summary`` add, from the same matrices
+  or probes, both cosines (centred and uncentred), tr H, tr C and the Frobenius norms.
 - Xing et al. eq. 4: g_B^T H g_B / |g_B|^2 over sampled mini-batches, H of the full data.
 - Xing et al. eq. 5: cosine of consecutive mini-batch gradients, for the training loop.
 
@@ -73,11 +77,13 @@ class CovarianceOperator:
     """The centred per-sample gradient covariance C of ``op``'s loss and data, as a
     ``LinearOperator``. With D the rows d_k and J the output Jacobian of a chunk,
     (g_k - g)^T v = (J_k v) . d_k - g^T v (a jvp) and sum_k c_k g_k = J^T (c * D) (a vjp):
-    one forward, k jvps and k vjps per chunk, no per-sample gradients."""
+    one forward, k jvps and k vjps per chunk, no per-sample gradients. With
+    ``centred=False`` the second moment C + g g^T (g_k^T v without the - g^T v)."""
 
-    def __init__(self, op: HessianOperator) -> None:
+    def __init__(self, op: HessianOperator, centred: bool = True) -> None:
         _require_per_sample(op)
         self.op = op
+        self.centred = centred
         self.size, self.dtype, self.device = op.size, op.dtype, op.device
         self.probes_per_sweep = op.probes_per_sweep
         self.mean_gradient = op.gradient()
@@ -89,6 +95,8 @@ class CovarianceOperator:
         op, theta = self.op, self.op.theta
         total = torch.zeros_like(rows)
         mean_projection = rows @ self.mean_gradient  # (k,) g^T v
+        if not self.centred:
+            mean_projection = torch.zeros_like(mean_projection)
         for x, y, _ in op.chunks():
             output_gradients = _output_gradients(op, x, y)  # (B, n_classes)
 
@@ -99,13 +107,15 @@ class CovarianceOperator:
             centred = (tangents * output_gradients).sum(-1) - mean_projection[:, None]  # (k, B)
             _, pullback = vjp(outputs, theta)
             (weighted,) = vmap(pullback)(centred[:, :, None] * output_gradients)  # (k, P)
-            total += weighted - centred.sum(1, keepdim=True) * self.mean_gradient
+            total += weighted
+            if self.centred:
+                total -= centred.sum(1, keepdim=True) * self.mean_gradient
         return total / op.n_samples
 
 
-def exact_covariance(op: HessianOperator, max_params: int = DEFAULT_MAX_PARAMS) -> Tensor:
-    """Dense C (P, P), float64 on the CPU, accumulated from per-sample gradients chunk by
-    chunk (second moment minus mean outer product, in float64)."""
+def _second_moment_and_mean(op: HessianOperator, max_params: int) -> tuple[Tensor, Tensor]:
+    """(1/M) sum_k g_k g_k^T (P, P) and g (P,), float64 on the CPU, accumulated from
+    per-sample gradients chunk by chunk."""
     check_size(op.size, max_params, "exact noise covariance")
     second_moment = torch.zeros(op.size, op.size, dtype=torch.float64)
     total = torch.zeros(op.size, dtype=torch.float64)
@@ -113,8 +123,16 @@ def exact_covariance(op: HessianOperator, max_params: int = DEFAULT_MAX_PARAMS) 
         chunk = chunk.to("cpu", torch.float64)
         second_moment += chunk.T @ chunk
         total += chunk.sum(0)
-    mean = total / op.n_samples
-    return second_moment / op.n_samples - torch.outer(mean, mean)
+    return second_moment / op.n_samples, total / op.n_samples
+
+
+def exact_covariance(
+    op: HessianOperator, max_params: int = DEFAULT_MAX_PARAMS, *, centred: bool = True
+) -> Tensor:
+    """Dense C (P, P), float64 on the CPU (second moment minus mean outer product, in
+    float64); with ``centred=False`` the second moment C + g g^T."""
+    second_moment, mean = _second_moment_and_mean(op, max_params)
+    return second_moment - torch.outer(mean, mean) if centred else second_moment
 
 
 def frobenius_cosine(a: Tensor, b: Tensor) -> float:
@@ -167,6 +185,104 @@ def hessian_noise_alignment(
     return AlignmentEstimate(
         estimate.item(), math.sqrt(variance.item()), *values, n_matvecs=2 * n_probes
     )
+
+
+# What ``*_alignment_summary`` report, each with a standard error: cos(H, C) with the centred
+# C and with the second moment C_u = C + g g^T, tr H, tr C and the Frobenius norms.
+ALIGNMENT_QUANTITIES = (
+    "cosine",
+    "cosine_uncentred",
+    "trace_hessian",
+    "trace_covariance",
+    "frobenius_hessian",
+    "frobenius_covariance",
+    "frobenius_second_moment",
+)
+
+
+@dataclass(frozen=True)
+class AlignmentSummary:
+    """``ALIGNMENT_QUANTITIES`` (``estimates``) with ``stderrs`` (0 when exact), |g|^2 (always
+    exact), the ``method`` ("exact" or "stochastic") and the H and C products spent
+    (exact: the P Hessian columns; C there comes from per-sample gradients)."""
+
+    estimates: dict[str, float]
+    stderrs: dict[str, float]
+    gradient_norm_sq: float
+    method: str
+    n_matvecs: int
+
+
+def exact_alignment_summary(
+    op: HessianOperator, max_params: int = DEFAULT_MAX_PARAMS
+) -> AlignmentSummary:
+    """Every quantity from the dense H, C and C_u (float64, one pass of per-sample gradients
+    for C and C_u together)."""
+    hessian = exact_hessian(op, max_params)
+    second_moment, mean = _second_moment_and_mean(op, max_params)
+    covariance = second_moment - torch.outer(mean, mean)
+    estimates = {
+        "cosine": frobenius_cosine(hessian, covariance),
+        "cosine_uncentred": frobenius_cosine(hessian, second_moment),
+        "trace_hessian": torch.trace(hessian).item(),
+        "trace_covariance": torch.trace(covariance).item(),
+        "frobenius_hessian": hessian.norm().item(),
+        "frobenius_covariance": covariance.norm().item(),
+        "frobenius_second_moment": second_moment.norm().item(),
+    }
+    stderrs = dict.fromkeys(estimates, 0.0)
+    return AlignmentSummary(estimates, stderrs, (mean @ mean).item(), "exact", op.size)
+
+
+# Each quantity as a function of the probe means m of (z^T H z, z^T C z, |Hz|^2, |Cz|^2,
+# |C_u z|^2, z^T H C z, z^T H C_u z), rows of ``stochastic_alignment_summary``'s samples.
+_OF_MEANS = {
+    "cosine": lambda m: m[5] / torch.sqrt(m[2] * m[3]),
+    "cosine_uncentred": lambda m: m[6] / torch.sqrt(m[2] * m[4]),
+    "trace_hessian": lambda m: m[0],
+    "trace_covariance": lambda m: m[1],
+    "frobenius_hessian": lambda m: torch.sqrt(m[2]),
+    "frobenius_covariance": lambda m: torch.sqrt(m[3]),
+    "frobenius_second_moment": lambda m: torch.sqrt(m[4]),
+}
+
+
+def _delta_method(function, samples: Tensor) -> tuple[float, float]:
+    """f(mean) and its standard error, sqrt(J Cov J^T / n), for (k, n) float64 samples."""
+    mean = samples.mean(1)
+    jacobian = torch.autograd.functional.jacobian(function, mean)
+    variance = jacobian @ torch.cov(samples) @ jacobian / samples.shape[1]
+    return function(mean).item(), math.sqrt(max(variance.item(), 0.0))
+
+
+def stochastic_alignment_summary(
+    op: HessianOperator,
+    generator: torch.Generator,
+    n_probes: int = 64,
+    *,
+    covariance: CovarianceOperator | None = None,
+) -> AlignmentSummary:
+    """Every quantity from the same Rademacher probes z: h = Hz, c = Cz and
+    C_u z = c + g (g^T z) (no extra sweep), ratios and roots by the delta method."""
+    if n_probes < 2:
+        raise ValueError("need at least 2 probes for a standard error")
+    covariance = covariance or CovarianceOperator(op)
+    if not covariance.centred:
+        raise ValueError("pass the centred covariance; the second moment is derived from it")
+    gradient = covariance.mean_gradient
+    samples = []
+    for start in range(0, n_probes, op.probes_per_sweep):
+        z = rademacher(op.size, min(op.probes_per_sweep, n_probes - start), generator, op)
+        h, c = op.matmat(z), covariance.matmat(z)
+        u = c + gradient[:, None] * (gradient @ z)
+        rows = [(z * h), (z * c), (h * h), (c * c), (u * u), (h * c), (h * u)]
+        samples.append(torch.stack([row.sum(0) for row in rows]))
+    values = torch.cat(samples, dim=1).to("cpu", torch.float64)  # (7, n)
+    estimates, stderrs = {}, {}
+    for name in ALIGNMENT_QUANTITIES:
+        estimates[name], stderrs[name] = _delta_method(_OF_MEANS[name], values)
+    norm_sq = gradient.double().pow(2).sum().item()
+    return AlignmentSummary(estimates, stderrs, norm_sq, "stochastic", 2 * n_probes)
 
 
 @dataclass(frozen=True)

@@ -49,20 +49,8 @@ def _spectrum_panel(ax, spectrum: str) -> None:
     )
 
 
-def curvature_figure(
-    traces: Sequence[str],
-    eigens: Sequence[str],
-    spectra: Sequence[str],
-    setting: str,
-    output: str,
-    figures: Mapping[str, Any],
-) -> None:
-    """Curvature along training of one run setting: trace, extreme eigenvalues, spectrum."""
-    band = figures.get("band", "std")
-    n_panels = 4 if spectra else 2
-    fig, axes = new_figure(1, n_panels, figsize=(4.5 * n_panels, 4.0), layout="constrained")
+def _trace_panel(ax, traces: Sequence[str], band: str) -> None:
     trace = stack_seeds(traces, ["trace", "trace_stderr"])
-    ax = axes[0]
     plot_mean_band(ax, trace["epoch"], trace["trace"], f"mean ± {band} over seeds", band)
     stderr = np.sqrt(np.mean(trace["trace_stderr"] ** 2, axis=0))
     ax.errorbar(trace["epoch"], trace["trace"].mean(0), yerr=stderr, fmt="none", ecolor="k",
@@ -71,8 +59,9 @@ def curvature_figure(
     ax.set_ylabel(r"Hessian trace $\mathrm{tr}\,H$")
     ax.legend(fontsize=8)
 
+
+def _eigen_panel(ax, eigens: Sequence[str], band: str) -> None:
     eigen = stack_seeds(eigens, ["largest", "smallest"])
-    ax = axes[1]
     plot_mean_band(ax, eigen["epoch"], eigen["largest"][:, :, 0], r"$\lambda_{\max}$", band)
     plot_mean_band(
         ax, eigen["epoch"], np.abs(eigen["smallest"][:, :, 0]), r"$|\lambda_{\min}|$", band
@@ -82,20 +71,46 @@ def curvature_figure(
     ax.set_ylabel("extreme Hessian eigenvalues")
     ax.legend(fontsize=8)
 
+
+def _negative_sum_panel(ax, spectra: Sequence[str]) -> None:
+    for path in spectra:
+        group = store.open_store(path)
+        arrays = store.read_arrays(path, ["train_loss", "negative_sum", "negative_sum_stderr"])
+        ax.errorbar(arrays["train_loss"], arrays["negative_sum"],
+                    yerr=arrays["negative_sum_stderr"], fmt="o-", ms=3, lw=0.8, capsize=2,
+                    label=f"seed {group.attrs['seed']}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("training loss $L$")
+    ax.set_ylabel(r"sum of negative eigenvalues $\sum_{\lambda_i<0} \lambda_i$")
+    ax.set_title("negative curvature vs loss\n(cf. W&S Fig 2a)", fontsize=9)
+    ax.legend(fontsize=8)
+
+
+def curvature_figure(
+    traces: Sequence[str],
+    eigens: Sequence[str],
+    spectra: Sequence[str],
+    setting: str,
+    output: str,
+    figures: Mapping[str, Any],
+) -> None:
+    """Curvature along training of one run setting: trace, extreme eigenvalues, spectrum
+    (the panels of the measurements the run gets, ``curvature.runs``)."""
+    band = figures.get("band", "std")
+    n_panels = bool(traces) + bool(eigens) + 2 * bool(spectra)
+    if not n_panels:
+        raise ValueError(f"{setting}: no curvature store to draw")
+    fig, axes = new_figure(
+        1, n_panels, figsize=(4.5 * n_panels, 4.0), layout="constrained", squeeze=False
+    )
+    panels = iter(axes[0])
+    if traces:
+        _trace_panel(next(panels), traces, band)
+    if eigens:
+        _eigen_panel(next(panels), eigens, band)
     if spectra:
-        _spectrum_panel(axes[2], spectra[0])
-        ax = axes[3]
-        for path in spectra:
-            group = store.open_store(path)
-            arrays = store.read_arrays(path, ["train_loss", "negative_sum", "negative_sum_stderr"])
-            ax.errorbar(arrays["train_loss"], arrays["negative_sum"],
-                        yerr=arrays["negative_sum_stderr"], fmt="o-", ms=3, lw=0.8, capsize=2,
-                        label=f"seed {group.attrs['seed']}")  # fmt: skip
-        ax.set_xscale("log")
-        ax.set_xlabel("training loss $L$")
-        ax.set_ylabel(r"sum of negative eigenvalues $\sum_{\lambda_i<0} \lambda_i$")
-        ax.set_title("negative curvature vs loss\n(cf. W&S Fig 2a)", fontsize=9)
-        ax.legend(fontsize=8)
-    n_seeds = len(traces)
+        _spectrum_panel(next(panels), spectra[0])
+        _negative_sum_panel(next(panels), spectra)
+    n_seeds = len(traces or eigens or spectra)
     fig.suptitle(f"{setting}: curvature along training ({n_seeds} seed{'s' * (n_seeds > 1)})")
     save_figure(fig, output, dpi=figures.get("dpi", 150))
