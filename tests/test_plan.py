@@ -170,7 +170,9 @@ def test_plan_calibrates_once_and_reuses_the_cache(tmp_path, cache_dir):
         "hvp_s_per_sample",
         "hvp_probe_s_per_sample",
     ):
-        assert 1e-8 < figures[key] < 1e-2, key  # an 8-wide MLP: microseconds per sample
+        # an 8-wide MLP: microseconds per sample; the bound catches a unit slip (per batch,
+        # milliseconds), with room for a loaded machine (20 ms measured at load 6 on 2 cores)
+        assert 1e-8 < figures[key] < 1e-1, key
     # activations kept for backward: input (64 floats), hidden layer, logits: ~0.1-2 kB
     assert 50 < figures["train_act_bytes_per_sample"] < 5000
     assert figures["hvp_act_bytes_per_sample"] > figures["train_act_bytes_per_sample"] / 2
