@@ -153,7 +153,7 @@ MALFORMED = [
     ("figures.dpi", "10", "figures.dpi: 10 is less than the minimum of 30"),
     ("runs.tiny_mlp.optimizer.lr", ".nan", "runs.tiny_mlp.optimizer.lr: nan is not a finite"),
     # resources: known rules, within the limits
-    ("resources.trian", {"runtime": 5}, "resources.trian: no rule of that name (rules: alignment, claims,"),
+    ("resources.trian", {"runtime": 5}, "resources.trian: no rule of that name (rules: alignment,"),
     (
         "resources.train",
         {"mem_mb": 20000},
