@@ -271,11 +271,6 @@ def projection_targets():
 # -- curvature along trajectories -------------------------------------------------------
 
 
-def curvature_settings():
-    """Run settings whose trajectories get curvature stores (hessvalley.curvature_runs)."""
-    return list(curvature_runs(config))
-
-
 def curvature_store(setting, seed, name):
     return f"{RESULTS}/{setting}/seed{seed}/curvature/{name}.zarr"
 
@@ -320,7 +315,7 @@ def curvature_figure_inputs(wildcards):
 def curvature_targets():
     if "curvature" not in GIVEN:
         return []
-    return [f"{FIGURES}/{s}_curvature.pdf" for s in curvature_settings()]
+    return [f"{FIGURES}/{s}_curvature.pdf" for s in curvature_runs(config)]
 
 
 # -- W&S appendix experiments: equilibrium sweep, alignment, FDR ------------------------

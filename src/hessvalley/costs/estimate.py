@@ -240,6 +240,18 @@ def hessian_memory(cost: RunCost, hessian: Mapping[str, Any], vectors: int) -> t
     return split_memory(cost.assumptions, compute, 2 * cost.state_bytes / MB, cost.data_mb())
 
 
+def dense_spectrum_seconds(
+    cost: RunCost, hessian: Mapping[str, Any], eigh: Mapping[str, Any] | None
+) -> float:
+    """One exact spectrum: P HVPs in blocks of probes_per_sweep over the Hessian's samples,
+    plus a dense float64 eigh scaled as P^3 from its calibration (on the host: not sped up)."""
+    n_params = cost.fig["n_params"]
+    seconds = cost.hvp([n_params], hessian_samples(cost, hessian), int(hessian["probes_per_sweep"]))
+    if eigh is not None:
+        seconds += eigh["seconds"] * (n_params / eigh["size"]) ** 3
+    return seconds
+
+
 def hessian_samples(cost: RunCost, hessian: Mapping[str, Any]) -> int:
     n = hessian["n_samples"]
     return cost.n_train if n is None else min(int(n), cost.n_train)

@@ -7,7 +7,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hessvalley.costs.estimate import _unknown, hessian_memory, hessian_samples
+from hessvalley.costs.estimate import (
+    _unknown,
+    dense_spectrum_seconds,
+    hessian_memory,
+    hessian_samples,
+)
 from hessvalley.costs.model import MB, Job, Row, RunCost
 from hessvalley.schedule import chosen_checkpoints
 
@@ -15,15 +20,6 @@ from hessvalley.schedule import chosen_checkpoints
 def _seeds(config: Mapping[str, Any], section: str, setting: str) -> int:
     chosen = config[section].get("seeds")
     return len(config["runs"][setting]["seeds"] if chosen is None else chosen)
-
-
-def _dense_hessian_s(cost: RunCost, hessian: Mapping[str, Any], eigh: Mapping | None) -> float:
-    """P HVPs in blocks of probes_per_sweep, plus a dense float64 eigh (host, not sped up)."""
-    n_params = cost.fig["n_params"]
-    seconds = cost.hvp([n_params], hessian_samples(cost, hessian), int(hessian["probes_per_sweep"]))
-    if eigh is not None:
-        seconds += eigh["seconds"] * (n_params / eigh["size"]) ** 3
-    return seconds
 
 
 def _equilibrium_row(
@@ -38,7 +34,7 @@ def _equilibrium_row(
         for s in sweep["batch_sizes"]
     ]
     training = len(sweep["lrs"]) * int(sweep["steps"]) * sum(per_step) / cost.assumptions.speedup
-    seconds = training + points * (_dense_hessian_s(cost, hessian, eigh) + cost.eval_pass())
+    seconds = training + points * (dense_spectrum_seconds(cost, hessian, eigh) + cost.eval_pass())
     n_params = cost.fig["n_params"]
     host, device = hessian_memory(cost, hessian, int(hessian["probes_per_sweep"]) + 2)
     host += 3 * 8 * n_params**2 / MB  # the dense Hessian, its symmetrised copy, eigh workspace

@@ -8,7 +8,13 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from hessvalley.costs.estimate import _trace_row, _unknown, hessian_memory, hessian_samples
+from hessvalley.costs.estimate import (
+    _trace_row,
+    _unknown,
+    dense_spectrum_seconds,
+    hessian_memory,
+    hessian_samples,
+)
 from hessvalley.costs.model import BASE_MB, MB, Job, Row, RunCost, trace_matmats
 from hessvalley.curvature_runs import curvature_runs
 from hessvalley.schedule import chosen_checkpoints
@@ -19,10 +25,6 @@ APPENDIX_FIGURES = {
     "alignment": "wei2020_fig5",
     "fdr": "wei2020_fig6",
 }
-
-
-def curvature_settings(config: Mapping[str, Any]) -> list[str]:
-    return list(curvature_runs(config))
 
 
 def _points(n_checkpoints: int, every: Any) -> int:
@@ -63,9 +65,7 @@ def _spectrum_row(
     pps, n_samples = int(curvature["probes_per_sweep"]), hessian_samples(cost, curvature)
     notes = []
     if n_params <= int(spec["max_params"]):
-        seconds = cost.hvp([n_params], n_samples, pps)
-        if eigh is not None:  # eigh runs on the host, not sped up with the device
-            seconds += eigh["seconds"] * (n_params / eigh["size"]) ** 3
+        seconds = dense_spectrum_seconds(cost, curvature, eigh)
         host, device = hessian_memory(cost, curvature, pps + 2)
         host += 3 * 8 * n_params**2 / MB  # dense matrix, its transpose sum, eigh workspace
         notes.append(f"exact: {n_params}x{n_params} float64 Hessian, {points} checkpoints")
@@ -143,7 +143,7 @@ def small_rows(config: Mapping[str, Any], given: set[str]) -> list[Row]:
     """Figures and the claims table: read stores, draw; not estimated (seconds to minutes)."""
     counts: dict[str, int] = {"training_figure": len(config["runs"])}
     if "curvature" in given:
-        counts["curvature_figure"] = len(curvature_settings(config))
+        counts["curvature_figure"] = len(curvature_runs(config))
     if "projection" in given:
         for figure in ("fig1", "fig3", "fig4"):
             counts[f"wei2020_{figure}"] = int(bool(config["projection"]["figures"][figure]))
