@@ -20,6 +20,10 @@ CAPTIONS = (
     "wei2020_fig4",
     "wei2020_fig5",
     "wei2020_fig6",
+    "sagun2017_outliers",
+    "sagun2017_table1",
+    "sagun2017_width",
+    "sagun2017_batch",
     "curvature",
     "training",
 )

@@ -26,6 +26,8 @@ LEAVES = (  # import nothing of the package
     "hessvalley.schedule",
     "hessvalley.stats",
     "hessvalley.hessian_keys",
+    "hessvalley.outliers",
+    "hessvalley.sgd",
 )
 ENTRY_POINTS = ("hessvalley.cli", "hessvalley.__main__")  # the only importers of the CLI
 
@@ -187,15 +189,21 @@ def test_stages_command_lists_every_stage():
 
 
 # Imported while the workflow is parsed (config validation, the projection plan, the stage
-# registry) or by jobs that must start fast (the gather of projected paths, the claims).
+# registry) or by jobs that must start fast (datasets, the gather of projected paths, claims).
 TORCH_FREE = (
     "hessvalley.config",
+    "hessvalley.data",
     "hessvalley.stages",
     "hessvalley.hessian_keys",
     "hessvalley.projection.plan",
     "hessvalley.projection.gather",
     "hessvalley.claims",
     "hessvalley.projection.claims",
+    "hessvalley.curvature_runs",
+    "hessvalley.appendix_config",
+    "hessvalley.sagun_config",
+    "hessvalley.outlier_table",
+    "hessvalley.figures.outliers",
 )
 
 

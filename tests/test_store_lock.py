@@ -166,7 +166,6 @@ def train_arguments(spec: dict, digits_spec: dict, digits_store: str, output: Pa
 PRIMED = (
     "import sys\n"
     "import hessvalley.train\n"
-    "import torch._dynamo\n"  # the first torch.optim.SGD imports it
     "from hessvalley.cli import main\n"
     "print('ready', flush=True)\n"
     "sys.stdin.readline()\n"

@@ -248,6 +248,28 @@ def test_a_figure_of_an_absent_section_is_still_a_target(tmp_path):
     assert jobs == {"toy_fig2b": 1, "wei2020_fig2b": 1}
 
 
+# The Sagun sections over tiny_mlp (small batch), a large-batch run of as many steps (24) and
+# its continuation, with the curvature each figure reads.
+SAGUN_RUNS = {
+    "tiny_lb": {**TINY["runs"]["tiny_mlp"], "optimizer": {"lr": 0.1, "batch_size": 64}},
+    "tiny_sw": {**TINY["runs"]["tiny_mlp"], "init_from": "tiny_lb", "epochs": 1},
+}
+SAGUN_RUNS["tiny_lb"]["epochs"] = 6
+SAGUN_SECTIONS = {
+    "curvature": {
+        **TINY["curvature"],
+        "runs": {
+            "tiny_mlp": {"measurements": ["trace", "eigen", "spectrum"], "every": [0, -1]},
+            "tiny_lb": {"measurements": ["eigen"], "every": "last"},
+        },
+    },
+    "outliers": {"runs": ["tiny_mlp"]},
+    "width": {"runs": ["tiny_mlp"]},
+    "lines": {"lb_sw": {"from": {"run": "tiny_lb"}, "to": {"run": "tiny_sw"}}},
+    "batch": {"small": "tiny_mlp", "large": "tiny_lb", "switched": "tiny_sw", "line": "lb_sw"},
+}
+
+
 def test_every_rule_asks_for_its_own_resources(tmp_path):
     """runtime and mem_mb of each rule's jobs are the config's resources.<rule>."""
     asked = {rule: [100 + i, 1000 + i] for i, rule in enumerate(sorted(stages.STAGES))}
@@ -260,6 +282,8 @@ def test_every_rule_asks_for_its_own_resources(tmp_path):
         "equilibrium": {"runs": ["tiny_mlp"]},
         "alignment": {"runs": ["tiny_mlp"]},
         "fdr": {"runs": ["tiny_mlp"]},
+        **SAGUN_SECTIONS,
+        "runs": {**TINY["runs"], **SAGUN_RUNS},
         "resources": {
             **{rule: {"runtime": t, "mem_mb": m} for rule, (t, m) in asked.items()},
             "limits": {"runtime": 200, "mem_mb": 2000},

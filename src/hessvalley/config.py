@@ -24,7 +24,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from hessvalley import appendix_config, curvature_runs, resources, stages
+from hessvalley import appendix_config, curvature_runs, resources, sagun_config, stages
 from hessvalley.projection import plan as projection_plan
 from hessvalley.schedule import (
     TORCHVISION_SOURCES,
@@ -67,6 +67,10 @@ OPTIONAL_SECTIONS = (
     "equilibrium",
     "alignment",
     "fdr",
+    "outliers",
+    "width",
+    "batch",
+    "lines",
 )
 
 
@@ -352,6 +356,11 @@ def _curvature(config: dict[str, Any]) -> Iterator[str]:
 @check
 def _appendix(config: dict[str, Any]) -> Iterator[str]:
     yield from appendix_config.problems(config)
+
+
+@check
+def _sagun(config: dict[str, Any]) -> Iterator[str]:
+    yield from sagun_config.problems(config)
 
 
 @check

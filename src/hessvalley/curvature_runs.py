@@ -9,10 +9,12 @@ mapping run -> overrides, so a run gets only the computation a figure needs:
       runs:
         digits_mlp:                       # null: the defaults, as in the list form
         digits_cnn: { measurements: [eigen], every: last, eigen: { k: 1, which: largest } }
+        sagun_k5: { measurements: [spectrum], every: last, figure: false }
 
 ``every`` is a number (every n-th checkpoint and the last), a list of checkpoint indices
 (negative ones count from the end) or ``last``; a run's ``every`` applies to each of its
-measurements. Torch-free: the workflow reads it while it parses, the cost plan too.
+measurements; ``figure: false`` leaves out the run's curvature figure (a run only a paper
+figure reads). Torch-free: the workflow reads it while it parses, the cost plan too.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ MEASUREMENTS = ("trace", "eigen", "spectrum")
 
 
 def curvature_runs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """run -> {"measurements": [...], "every": {measurement: every}, "eigen": {...}} for every
-    run the ``curvature`` section measures, in the order the config names them."""
+    """run -> {"measurements": [...], "every": {measurement: every}, "eigen": {...}, "figure":
+    bool} for every run the ``curvature`` section measures, in the order the config names
+    them."""
     section = config["curvature"]
     chosen = section["runs"]
     if chosen is None:
@@ -48,7 +51,12 @@ def curvature_runs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             fallback = section["spectrum"]["every"] if m == "spectrum" else section["every"]
             every[m] = override.get("every", fallback)
         eigen = {**section["eigen"], **override.get("eigen", {})}
-        plans[name] = {"measurements": measurements, "every": every, "eigen": eigen}
+        plans[name] = {
+            "measurements": measurements,
+            "every": every,
+            "eigen": eigen,
+            "figure": override.get("figure", True),
+        }
     return plans
 
 

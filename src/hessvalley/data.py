@@ -4,7 +4,9 @@ Sources: Gaussian clusters (Sagun et al. 2017 §3.1), scikit-learn's handwritten
 with the install: the embedded default's stand-in for MNIST/CIFAR), torchvision MNIST /
 CIFAR-10 / CIFAR-100 and any ImageFolder. Options: subsets, grey + resize (W&S A.4 uses 7x7
 grey CIFAR-10), per-channel standardisation, and the randomized-label split of W&S A.2.2.
-Torchvision is imported only where a torchvision dataset is read.
+Torch is imported only where a tensor is made (loading onto a device, resizing) and
+torchvision only where a torchvision dataset is read: building a dataset store is a job of
+about a second, not the 2.5 s torch's import alone takes.
 """
 
 from __future__ import annotations
@@ -13,15 +15,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from hessvalley import store
-from hessvalley.device import resolve_device
 from hessvalley.errors import HessvalleyError
+
+if TYPE_CHECKING:
+    import torch
 
 SPLIT_A, SPLIT_B = 0, 1
 GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601 luma, as PIL "L"
@@ -41,13 +43,30 @@ class RawData:
     val_index: np.ndarray
 
 
+def cluster_means(spec: Mapping[str, Any], rng: np.random.Generator) -> np.ndarray:
+    """The k cluster centres in d dims. ``generator: normal`` (the default): N(0, I).
+    ``generator: box``: uniform in the box ``center_box`` = [low, high] in every coordinate,
+    as the authors' code (scikit-learn's ``make_blobs``, whose default box is [-10, 10])."""
+    k, d = spec["n_classes"], spec["dim"]
+    generator = spec.get("generator", "normal")
+    if generator == "normal":
+        return rng.standard_normal((k, d))
+    if generator == "box":
+        low, high = spec.get("center_box", (-10.0, 10.0))
+        if not low < high:
+            raise HessvalleyError(f"gaussian_clusters: center_box [{low}, {high}] is empty")
+        return rng.uniform(low, high, size=(k, d))
+    raise HessvalleyError(f"gaussian_clusters: unknown generator {generator!r} (normal, box)")
+
+
 def gaussian_clusters(spec: Mapping[str, Any]) -> RawData:
-    """k clusters in d dims: means ~ N(0, I), samples ~ N(mean, cov_scale * I), balanced."""
+    """k clusters in d dims: centres from ``cluster_means``, samples ~ N(centre, cov_scale *
+    I) (standard deviation sqrt(cov_scale) in every coordinate), balanced."""
     rng = np.random.default_rng(spec["seed"])
     k, d = spec["n_classes"], spec["dim"]
     n_train = spec["n_train"]
     n_val = spec["n_val"] if spec["n_val"] is not None else n_train
-    means = rng.standard_normal((k, d))
+    means = cluster_means(spec, rng)
     scale = np.sqrt(spec["cov_scale"])
 
     def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -194,6 +213,9 @@ def _grey(x: np.ndarray) -> np.ndarray:
 
 
 def _resize(x: np.ndarray, size: int) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
     tensor = torch.from_numpy(x)
     out = F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True)
     return out.numpy().astype(np.float32)
@@ -320,6 +342,10 @@ def load_dataset(
     path: str | os.PathLike, device: str | torch.device = "cpu", train_on: str = "all"
 ) -> DeviceDataset:
     """Load a dataset store onto ``device``; ``train_on="A"`` keeps split A's samples only."""
+    import torch
+
+    from hessvalley.device import resolve_device
+
     group = store.open_store(path)
     device = resolve_device(device)
     x_train = np.asarray(group["x_train"][...])

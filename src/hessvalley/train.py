@@ -30,6 +30,7 @@ from hessvalley.losses import build_loss
 from hessvalley.models import build_model
 from hessvalley.progress import progress
 from hessvalley.schedule import checkpoint_steps, steps_per_epoch
+from hessvalley.sgd import SGD
 from hessvalley.trajectory_store import (
     DEFAULT_FLUSH_SECONDS,
     TrainState,
@@ -74,7 +75,7 @@ class Trainer:
         self.buffers = list(self.model.buffers())
         self.loss_fn = build_loss(spec["loss"])
         opt = spec["optimizer"]
-        self.optimizer = torch.optim.SGD(
+        self.optimizer = SGD(
             self.params,
             lr=opt["lr"],
             momentum=opt.get("momentum", 0.0),

@@ -80,6 +80,7 @@ onstart:
 
 wildcard_constraints:
     dataset=r"[A-Za-z][A-Za-z0-9_-]*",
+    line=r"[A-Za-z][A-Za-z0-9_-]*",
     setting=r"[A-Za-z][A-Za-z0-9_-]*",
     seed=r"\d+",
 
@@ -313,9 +314,20 @@ def curvature_figure_inputs(wildcards):
 
 
 def curvature_targets():
+    """The curvature figures of the runs that do not opt out (`figure: false`)."""
     if "curvature" not in GIVEN:
         return []
-    return [f"{FIGURES}/{s}_curvature.pdf" for s in curvature_runs(config)]
+    plans = curvature_runs(config)
+    return [f"{FIGURES}/{s}_curvature.pdf" for s in plans if plans[s]["figure"]]
+
+
+def training_targets():
+    """The training figures of `figures.training_runs` (null: every run)."""
+    chosen = config["figures"]["training_runs"]
+    return [
+        f"{FIGURES}/{setting}_training.pdf"
+        for setting in (config["runs"] if chosen is None else chosen)
+    ]
 
 
 # -- W&S appendix experiments: equilibrium sweep, alignment, FDR ------------------------
@@ -356,6 +368,63 @@ def appendix_targets(section, figure):
     if section not in GIVEN or not config[section]["runs"]:
         return []
     return [f"{FIGURES}/{figure}.pdf"]
+
+
+# -- Sagun et al. 2017: outliers, width, batch; lines between stored states -------------
+
+
+def family_stores(section, name):
+    """The curvature `name` stores (spectrum, eigen) of every run and seed of a family."""
+    return [
+        curvature_store(setting, seed, name)
+        for setting in config[section]["runs"]
+        for seed in run_spec(setting)["seeds"]
+    ]
+
+
+def family_inputs(section):
+    """Per (run, seed) of a family, in one order: spectra, trajectories, datasets."""
+    pairs = [
+        (setting, seed)
+        for setting in config[section]["runs"]
+        for seed in run_spec(setting)["seeds"]
+    ]
+    return {
+        "spectra": [curvature_store(s, k, "spectrum") for s, k in pairs],
+        "trajectories": [trajectory_path(s, k) for s, k in pairs],
+        "datasets": [dataset_path(run_spec(s)["dataset"]) for s, _ in pairs],
+    }
+
+
+def line_end(wildcards, end):
+    spec = config["lines"][wildcards.line][end]
+    return trajectory_path(spec["run"], spec["seed"])
+
+
+def batch_inputs(wildcards):
+    batch, seed = config["batch"], config["batch"]["seed"]
+    return {
+        "small_eigen": curvature_store(batch["small"], seed, "eigen"),
+        "large_eigen": curvature_store(batch["large"], seed, "eigen"),
+        "small": trajectory_path(batch["small"], seed),
+        "large": trajectory_path(batch["large"], seed),
+        "switched": trajectory_path(batch["switched"], seed),
+        "line": f"{RESULTS}/lines/{batch['line']}.zarr",
+    }
+
+
+def section_targets(section, figure):
+    """A Sagun figure, when the config states its section and names some run."""
+    if section not in GIVEN:
+        return []
+    named = config[section]["runs"] if section != "batch" else config[section]["large"]
+    return [f"{FIGURES}/{figure}.pdf"] if named else []
+
+
+def line_targets():
+    if "lines" not in GIVEN:
+        return []
+    return [f"{RESULTS}/lines/{name}.zarr" for name in config["lines"]]
 
 
 TARGETS = []

@@ -38,4 +38,4 @@ rule training_figure:
         hessvalley("training_figure")
 
 
-targets(lambda: [f"{FIGURES}/{setting}_training.pdf" for setting in config["runs"]])
+targets(training_targets)

@@ -25,6 +25,7 @@ from torch import nn
 from hessvalley.curvature.factory import hessian_at
 from hessvalley.losses import build_loss
 from hessvalley.models import build_model, has_batch_norm
+from hessvalley.sgd import SGD
 
 SAMPLES = 16  # calibration batch: small enough for a CPU, big enough to amortise overheads
 # A GPU runs a batch of 16 in about the time of one of hundreds (it is latency-bound there),
@@ -118,7 +119,7 @@ def _inputs(
 def _training_figures(model, loss_fn, x, y, device) -> dict[str, float]:
     """Gradient, optimizer step and eval pass per sample; training activations per sample."""
     n = len(y)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    optimizer = SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
     def gradient(batch: int = n) -> torch.Tensor:
         model.train()

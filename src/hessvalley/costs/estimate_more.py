@@ -24,6 +24,8 @@ APPENDIX_FIGURES = {
     "equilibrium": "wei2020_fig2a",
     "alignment": "wei2020_fig5",
     "fdr": "wei2020_fig6",
+    "outliers": "sagun2017_outliers",
+    "width": "sagun2017_width",
 }
 
 
@@ -141,9 +143,11 @@ def toy_rows(
 
 def small_rows(config: Mapping[str, Any], given: set[str]) -> list[Row]:
     """Figures and the claims table: read stores, draw; not estimated (seconds to minutes)."""
-    counts: dict[str, int] = {"training_figure": len(config["runs"])}
+    chosen = config["figures"]["training_runs"]
+    counts: dict[str, int] = {"training_figure": len(config["runs"] if chosen is None else chosen)}
     if "curvature" in given:
-        counts["curvature_figure"] = len(curvature_runs(config))
+        plans = curvature_runs(config)
+        counts["curvature_figure"] = sum(plan["figure"] for plan in plans.values())
     if "projection" in given:
         for figure in ("fig1", "fig3", "fig4"):
             counts[f"wei2020_{figure}"] = int(bool(config["projection"]["figures"][figure]))
@@ -151,7 +155,10 @@ def small_rows(config: Mapping[str, Any], given: set[str]) -> list[Row]:
         counts[f"wei2020_{name}"] = int(f"toy.{name}" in given)
     for section, figure in APPENDIX_FIGURES.items():
         counts[figure] = int(section in given and bool(config[section]["runs"]))
-    claims = any(counts.get(f) for f in counts if f.startswith("wei2020_"))
+    if "outliers" in given and config["outliers"]["runs"]:
+        counts["outlier_table"] = 1
+    counts["sagun2017_batch"] = int("batch" in given and bool(config["batch"]["large"]))
+    claims = any(counts.get(f) for f in counts if f.startswith(("wei2020_", "sagun2017_")))
     counts["claims"] = int(claims)
     return [
         Row(stage, "-", [Job("all", n, None, None, None, None, "small")], ["not estimated"])

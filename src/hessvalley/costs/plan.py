@@ -18,7 +18,15 @@ from typing import Any
 import yaml
 
 from hessvalley.config import ConfigError, sections_given, validate_config
-from hessvalley.costs import cache, estimate, estimate_appendix, estimate_more, report, table
+from hessvalley.costs import (
+    cache,
+    estimate,
+    estimate_appendix,
+    estimate_lines,
+    estimate_more,
+    report,
+    table,
+)
 from hessvalley.costs.facts import DATA_DIR, dataset_facts
 from hessvalley.costs.model import Assumptions
 
@@ -160,6 +168,7 @@ def make_plan(
     if "curvature" in given:
         rows += estimate_more.curvature_rows(config, runs, calibration.eigh)
     rows += estimate_appendix.appendix_rows(config, given, runs, calibration.eigh)
+    rows += estimate_lines.line_rows(config, given, runs)
     toy_figures = {n: calibration.toys.get(cache.entry_key({n: s})) for n, s in toys.items()}
     rows += estimate_more.toy_rows(config, given, toy_figures)
     rows += estimate_more.small_rows(config, given)
