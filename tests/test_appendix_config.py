@@ -56,14 +56,21 @@ def test_list_and_null_forms_keep_their_meaning():
 def test_mapping_gives_each_run_only_what_it_names():
     runs = {
         "a": None,
-        "b": {"measurements": ["eigen"], "every": "last", "eigen": {"k": 1, "which": "largest"}},
+        "b": {
+            "measurements": ["eigen"],
+            "every": "last",
+            "eigen": {"k": 1, "which": "largest"},
+            "figure": False,
+        },
     }
     plans = curvature_runs(validate_config(config(curvature={"runs": runs, "every": 2})))
     assert plans["a"] == {
         "measurements": ["trace", "eigen"],
         "every": {"trace": 2, "eigen": 2},
         "eigen": plans["a"]["eigen"],
+        "figure": True,
     }
+    assert plans["b"]["figure"] is False
     assert plans["b"]["measurements"] == ["eigen"] and plans["b"]["every"] == {"eigen": "last"}
     assert plans["b"]["eigen"]["k"] == 1 and plans["b"]["eigen"]["which"] == "largest"
     assert plans["b"]["eigen"]["tol"] == plans["a"]["eigen"]["tol"]  # the rest: the section's
