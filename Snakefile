@@ -31,7 +31,10 @@ include: "workflow/rules/fdr.smk"
 include: "workflow/rules/outliers.smk"
 include: "workflow/rules/width.smk"
 include: "workflow/rules/line.smk"
+include: "workflow/rules/xing_batch.smk"
 include: "workflow/rules/toy.smk"
+# Xing et al. 2018 §3 (Figs 1-4, Table 1)
+include: "workflow/rules/barriers.smk"
 include: "workflow/rules/claims.smk"
 
 

@@ -24,8 +24,13 @@ CAPTIONS = (
     "sagun2017_table1",
     "sagun2017_width",
     "sagun2017_batch",
+    "xing2018_fig5",  # Xing et al. 2018 Figs 5-7
+    "xing2018_fig7",
     "curvature",
     "training",
+    # Xing et al. 2018 §3 (Figs 1-4, Table 1)
+    "xing2018_fig1",
+    "xing2018_table1",
 )
 
 

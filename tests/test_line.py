@@ -182,3 +182,16 @@ def test_batch_norm_modes(mode, runs, tmp_path, digits_store):
         assert out["train_loss"][-1] == pytest.approx(stored, rel=1e-6)
     else:  # batch statistics of chunks of 100: another function than the eval-mode loss
         assert abs(out["train_loss"][-1] - stored) > 1e-4
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_points_per_call_vmaps_the_same_line(mode, runs, tmp_path, digits_store):
+    """Several points per call (the point evaluator shared with the interpolation between
+    iterates) give the one-point line to float32 round-off, BatchNorm in either mode."""
+    line = line_spec("bn", "bn", batch_norm=mode, chunk_size=100)
+    line["from"]["checkpoint"] = 0
+    one = run_line(runs, tmp_path, digits_store, line, name=f"one_{mode}")
+    many = run_line(runs, tmp_path, digits_store, {**line, "points_per_call": 4}, f"many_{mode}")
+    assert many["attrs"]["points_per_call"] == 4 and one["attrs"]["points_per_call"] == 1
+    for metric in ("train_loss", "val_loss", "train_acc", "val_acc"):
+        np.testing.assert_allclose(many[metric], one[metric], rtol=1e-5, err_msg=metric)

@@ -11,7 +11,13 @@ import yaml
 
 from hessvalley import cli
 from hessvalley.config import validate_config
-from hessvalley.costs import estimate, estimate_appendix, estimate_lines, report
+from hessvalley.costs import (
+    estimate,
+    estimate_appendix,
+    estimate_lines,
+    estimate_minibatch,
+    report,
+)
 from hessvalley.costs.facts import dataset_facts
 from hessvalley.costs.model import Assumptions, Job
 from hessvalley.costs.plan import make_plan
@@ -312,3 +318,70 @@ def test_line_rows_match_hand_computation():
     assert (row.stage, row.setting, job.count) == ("line", "m_to_m2", 1)
     assert job.seconds == pytest.approx(9 * 1797 * 1e-4 / 2)
     assert estimate_lines.line_rows(config, set(), runs) == []
+
+
+# -- Xing et al. 2018 Figs 5-6 ------------------------------------------------------------------
+
+
+def test_minibatch_alignment_rows_match_hand_computation():
+    """Run m (1000 parameters, 3 checkpoints), its first and last checkpoint, batches of 10,
+    50 and all 100 curvature samples (4 each), 6 prediction probes, speedup 2: per checkpoint
+    H products [4, 4, 1] + Lanczos 100 x [1] + Hutch++ [20, 20, 20] + H and C [6, 6] in
+    sweeps of 2 over 100 samples, and 40 + 200 + 100 + 100 gradient samples."""
+    config = small_config()
+    config["minibatch_alignment"] = {
+        "runs": ["m"],
+        "checkpoints": [0, -1],
+        "batch_sizes": [10, 50, "full"],
+        "n_batches": 4,
+        "probes": 6,
+    }
+    config = validate_config(config)
+    facts = {n: dataset_facts(n, s) for n, s in config["datasets"].items()}
+    runs = estimate.run_costs(config, facts, {"m": FIG}, Assumptions(speedup=2.0))
+    (row,) = estimate_minibatch.minibatch_rows(config, {"minibatch_alignment"}, runs)
+    (job,) = row.jobs
+    assert (row.stage, row.setting, job.count) == ("minibatch_alignment", "m", 2)
+    sweeps, products = (2 + 2 + 1) + 100 + 3 * 10 + 2 * 3, 9 + 100 + 60 + 12
+    per_checkpoint = 100 * (sweeps * 2e-3 + products * 1e-3) / 2 + 440 * 1e-3 / 2
+    assert job.seconds == pytest.approx(2 * per_checkpoint)  # 46.74 s
+    assert job.disk_mb == pytest.approx(3 * 8 * 2 * 3 * 4 / 1e6)
+    assert estimate_minibatch.minibatch_rows(config, set(), runs) == []
+    config["minibatch_alignment"]["epochs"] = [1.0]  # one checkpoint, at the end of epoch 1
+    (row,) = estimate_minibatch.minibatch_rows(config, {"minibatch_alignment"}, runs)
+    assert row.jobs[0].seconds == pytest.approx(per_checkpoint)
+
+
+# -- Xing et al. 2018 §3 (Figs 1-4, Table 1) --------------------------------------------------
+
+
+def test_interpolation_rows_match_hand_computation():
+    """Run m (13 steps an epoch, a checkpoint per epoch), epochs 1 and 2 in one job, 4
+    evaluations a step: 26 replayed steps, 2 x (13 x 4 + 1) = 106 evaluations of the 1347
+    training digits, and eta a at steps 0, 5, 10 of each epoch (6 HVPs and gradients over the
+    curvature's 100 samples, 2 probes a sweep), speedup 2."""
+    config = small_config()
+    config["barriers"] = {
+        "runs": ["m"],
+        "table_epochs": [1, 2],
+        "panel_epochs": [1],
+        "every_epoch_to": None,
+        "early_epochs": 1,
+        "points": 4,
+        "alignment_every": 5,
+    }
+    config = validate_config(config)
+    facts = {n: dataset_facts(n, s) for n, s in config["datasets"].items()}
+    runs = estimate.run_costs(config, facts, {"m": FIG}, Assumptions(speedup=2.0))
+    (row,) = estimate_lines.interpolation_rows(config, {"barriers"}, runs)
+    (job,) = row.jobs
+    assert (row.stage, row.setting, job.count) == ("iterate_interpolation", "m", 1)
+    steps = 26 * (100 * 1e-3 + 0.01) / 2
+    evaluations = 106 * 1347 * 1e-4 / 2
+    hvp = 100 * (2e-3 + 1e-3) / 2  # one sweep: its shared passes and one probe
+    assert job.seconds == pytest.approx(steps + evaluations + 6 * (hvp + 100 * 1e-3 / 2))
+    assert job.disk_mb == pytest.approx(2 * 13 * (4 + 1 + 16) * 8 / 1e6)
+    config["barriers"]["epochs_per_job"] = 1  # two alike jobs of one epoch, counted together
+    (row,) = estimate_lines.interpolation_rows(config, {"barriers"}, runs)
+    assert [(job.label, job.count) for job in row.jobs] == [("1 epoch(s)", 2)]
+    assert estimate_lines.interpolation_rows(config, set(), runs) == []

@@ -28,6 +28,9 @@ LEAVES = (  # import nothing of the package
     "hessvalley.hessian_keys",
     "hessvalley.outliers",
     "hessvalley.sgd",
+    "hessvalley.batch_noise",  # Xing et al. 2018 Figs 5-7
+    # Xing et al. 2018 §3 (Figs 1-4, Table 1)
+    "hessvalley.segments",
 )
 ENTRY_POINTS = ("hessvalley.cli", "hessvalley.__main__")  # the only importers of the CLI
 
@@ -204,6 +207,16 @@ TORCH_FREE = (
     "hessvalley.sagun_config",
     "hessvalley.outlier_table",
     "hessvalley.figures.outliers",
+    # Xing et al. 2018 Figs 5-7
+    "hessvalley.xing_config",
+    "hessvalley.figures.minibatch_alignment",
+    "hessvalley.figures.gradient_cosine",
+    # Xing et al. 2018 §3 (Figs 1-4, Table 1)
+    "hessvalley.barriers_config",
+    "hessvalley.segments",
+    "hessvalley.figures.barrier_claims",
+    "hessvalley.figures.barriers",
+    "hessvalley.figures.barrier_table",
 )
 
 

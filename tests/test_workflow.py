@@ -270,6 +270,15 @@ SAGUN_SECTIONS = {
 }
 
 
+# Xing et al. 2018 §3 (Figs 1-4, Table 1) over tiny_mlp's first epoch.
+XING_BARRIERS = {
+    "runs": ["tiny_mlp"],
+    "table_epochs": [1],
+    "panel_epochs": [1],
+    "every_epoch_to": 1,
+}
+
+
 def test_every_rule_asks_for_its_own_resources(tmp_path):
     """runtime and mem_mb of each rule's jobs are the config's resources.<rule>."""
     asked = {rule: [100 + i, 1000 + i] for i, rule in enumerate(sorted(stages.STAGES))}
@@ -283,6 +292,7 @@ def test_every_rule_asks_for_its_own_resources(tmp_path):
         "alignment": {"runs": ["tiny_mlp"]},
         "fdr": {"runs": ["tiny_mlp"]},
         **SAGUN_SECTIONS,
+        "barriers": XING_BARRIERS,
         "runs": {**TINY["runs"], **SAGUN_RUNS},
         "resources": {
             **{rule: {"runtime": t, "mem_mb": m} for rule, (t, m) in asked.items()},

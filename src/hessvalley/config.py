@@ -24,7 +24,15 @@ from typing import Any
 import jsonschema
 import yaml
 
-from hessvalley import appendix_config, curvature_runs, resources, sagun_config, stages
+from hessvalley import (
+    appendix_config,
+    barriers_config,  # Xing et al. 2018 §3 (Figs 1-4, Table 1)
+    curvature_runs,
+    resources,
+    sagun_config,
+    stages,
+    xing_config,  # Xing et al. 2018 Figs 5-7
+)
 from hessvalley.projection import plan as projection_plan
 from hessvalley.schedule import (
     TORCHVISION_SOURCES,
@@ -71,6 +79,11 @@ OPTIONAL_SECTIONS = (
     "width",
     "batch",
     "lines",
+    # Xing et al. 2018 Figs 5-7
+    "minibatch_alignment",
+    "gradient_cosine",
+    # Xing et al. 2018 §3 (Figs 1-4, Table 1)
+    "barriers",
 )
 
 
@@ -361,6 +374,18 @@ def _appendix(config: dict[str, Any]) -> Iterator[str]:
 @check
 def _sagun(config: dict[str, Any]) -> Iterator[str]:
     yield from sagun_config.problems(config)
+
+
+# -- Xing et al. 2018 §3 (Figs 1-4, Table 1) -------------------------------------------------
+@check
+def _barriers(config: dict[str, Any]) -> Iterator[str]:
+    yield from barriers_config.problems(config)
+
+
+@check
+def _xing_batch(config: dict[str, Any]) -> Iterator[str]:
+    """Xing et al. 2018 Figs 5-7: ``minibatch_alignment``, ``gradient_cosine``."""
+    yield from xing_config.problems(config)
 
 
 @check

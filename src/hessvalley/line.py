@@ -7,21 +7,22 @@ full training and validation loss and accuracy at θ(α) = (1 − α) θ_from + 
 
 Exactness: the float32 parameters are interpolated in float64 and rounded once to float32,
 so α = 0 and α = 1 give the stored states bit for bit, and with BatchNorm in eval mode their
-losses are the trajectories' stored ones (the same ``loss_and_accuracy``, the same chunks).
+losses are the trajectories' stored ones (the same chunks; one point per call, the default
+``points_per_call: 1``, is the plain forward pass of the training curves, bit for bit).
 BatchNorm (``batch_norm``): ``eval`` interpolates the running statistics the same way as the
 parameters (integer counters too, truncated: eval mode never reads them); ``train``
 normalises with the statistics of each chunk of ``chunk_size`` samples in data order (the
 validation set with its own chunks' statistics), so the result is deterministic but depends
-on the chunking, and the running statistics are neither used nor changed. Each point is one
-plain full-data evaluation, the one the training curves use: at digits scale the 41 points
-take a fraction of a second, so nothing is batched over α.
+on the chunking, and the running statistics are neither used nor changed. The points are
+evaluated by the package's one point evaluator (``PointLosses``): ``points_per_call`` > 1
+vmaps that many points per call (faster for small nets; last-bit differences from the plain
+pass).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,16 +35,15 @@ from hessvalley import store
 from hessvalley.data import DeviceDataset, load_dataset
 from hessvalley.device import resolve_device
 from hessvalley.errors import HessvalleyError
-from hessvalley.evaluation import loss_and_accuracy
-from hessvalley.flat import unflatten_into
 from hessvalley.losses import LossFn, build_loss
 from hessvalley.models import build_model, has_batch_norm
+from hessvalley.projection.interpolation import PointLosses
 from hessvalley.trajectory_store import METRICS, open_trajectory, read_state
 
 # The keys of a ``lines.<name>`` entry and their defaults (as config.schema.yaml should state).
 END_DEFAULTS: dict[str, Any] = {"checkpoint": -1, "seed": 0}
 ALPHA_DEFAULTS: dict[str, Any] = {"start": -0.5, "stop": 1.5, "points": 41}
-LINE_DEFAULTS: dict[str, Any] = {"batch_norm": "eval", "chunk_size": None}
+LINE_DEFAULTS: dict[str, Any] = {"batch_norm": "eval", "chunk_size": None, "points_per_call": 1}
 # What both runs must share for a line between their states to mean anything.
 SHARED_RUN_KEYS = ("model", "dataset", "train_on", "loss")
 
@@ -147,22 +147,6 @@ def interpolate(first: torch.Tensor, second: torch.Tensor, alpha: float) -> torc
     return (1.0 - alpha) * first + alpha * second
 
 
-@contextlib.contextmanager
-def batch_statistics(model: nn.Module) -> Iterator[None]:
-    """Inside, BatchNorm normalises with the statistics of each batch it sees and updates
-    nothing (an eval-mode module without running statistics does exactly that)."""
-    saved = []
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            saved.append((module, module.running_mean, module.running_var))
-            module.running_mean = module.running_var = None
-    try:
-        yield
-    finally:
-        for module, mean, var in saved:
-            module.running_mean, module.running_var = mean, var
-
-
 def run_model(run: Mapping[str, Any], data: DeviceDataset) -> tuple[nn.Module, LossFn]:
     """The run's model (initial weights: they are overwritten) and loss, as the Trainer
     builds them, without a trainer's data order and optimizer state (a line never steps)."""
@@ -179,24 +163,21 @@ def losses_along(
     alpha: np.ndarray,
     batch_norm: str,
     chunk_size: int,
+    points_per_call: int = 1,
 ) -> dict[str, np.ndarray]:
     """Training and validation loss and accuracy at each α (``METRICS`` -> (n_alpha,)),
-    with ``model``'s parameters and buffers overwritten by the interpolated ones."""
-    params, buffers = list(model.parameters()), list(model.buffers())
-    device = data.x_train.device
-    out = {name: np.empty(len(alpha)) for name in METRICS}
-    for i, a in enumerate(alpha):
-        unflatten_into(interpolate(first.params, second.params, a).to(device), params)
-        unflatten_into(interpolate(first.buffers, second.buffers, a).to(device), buffers)
-        mode = batch_statistics(model) if batch_norm == "train" else contextlib.nullcontext()
-        with mode:
-            for split, x, y in (
-                ("train", data.x_train, data.y_train),
-                ("val", data.x_val, data.y_val),
-            ):
-                loss, accuracy = loss_and_accuracy(model, loss_fn, x, y, chunk_size)
-                out[f"{split}_loss"][i], out[f"{split}_acc"][i] = loss, accuracy
-    return out
+    ``points_per_call`` points at a time (their states built one block at a time)."""
+    evaluate = PointLosses(model, loss_fn, points_per_call, chunk_size, batch_norm)
+    out: dict[str, list[np.ndarray]] = {name: [] for name in METRICS}
+    for start in range(0, len(alpha), evaluate.batch):
+        block = alpha[start : start + evaluate.batch]
+        params = torch.stack([interpolate(first.params, second.params, a) for a in block])
+        buffers = torch.stack([interpolate(first.buffers, second.buffers, a) for a in block])
+        for split, x, y in (("train", data.x_train, data.y_train), ("val", data.x_val, data.y_val)):
+            loss, accuracy = evaluate.metrics(params.float(), buffers, x, y)
+            out[f"{split}_loss"].append(loss)
+            out[f"{split}_acc"].append(accuracy)
+    return {name: np.concatenate(parts) for name, parts in out.items()}
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -254,7 +235,15 @@ def line_between_states(
     chunk_size = int(line["chunk_size"] or first.run.get("eval_batch_size", 2048))
     model, loss_fn = run_model(first.run, dataset)
     metrics = losses_along(
-        model, loss_fn, dataset, first, second, alpha, line["batch_norm"], chunk_size
+        model,
+        loss_fn,
+        dataset,
+        first,
+        second,
+        alpha,
+        line["batch_norm"],
+        chunk_size,
+        int(line["points_per_call"]),
     )
     summary = barrier_summary(alpha, metrics["train_loss"])
     summary["val_barrier"] = barrier_summary(alpha, metrics["val_loss"])["barrier"]
@@ -269,6 +258,7 @@ def line_between_states(
         "batch_norm": line["batch_norm"],
         "has_batch_norm": has_batch_norm(model),
         "chunk_size": chunk_size,
+        "points_per_call": int(line["points_per_call"]),
         "interpolation": "float64 (1 - alpha) from + alpha to, rounded to float32 once",
         "distance": float(torch.linalg.vector_norm(second.params - first.params)),
         "ends": {"from": first.describe(), "to": second.describe()},

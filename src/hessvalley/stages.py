@@ -44,6 +44,10 @@ STAGES: dict[str, str] = {
     "sagun2017_width": "hessvalley.figures.width:width_figure",
     "line": "hessvalley.line:line_between_states",
     "sagun2017_batch": "hessvalley.figures.batch:batch_figure",
+    # Xing et al. 2018 Figs 5-7: mini-batch alignment, gradient cosine
+    "minibatch_alignment": "hessvalley.minibatch_alignment:minibatch_alignment_along_trajectory",
+    "xing2018_fig5": "hessvalley.figures.minibatch_alignment:fig5_figure",
+    "xing2018_fig7": "hessvalley.figures.gradient_cosine:fig7_figure",
     "projection_grid": "hessvalley.projection.grid:project_grid",
     "projection_segment": "hessvalley.projection.segment:project_segment",
     "projected_path": "hessvalley.projection.gather:gather_path",
@@ -58,6 +62,10 @@ STAGES: dict[str, str] = {
     "wei2020_fig2cd": "hessvalley.figures.toy:fig2cd_figure",
     "wei2020_fig7": "hessvalley.figures.toy:fig7_figure",
     "claims": "hessvalley.claims:gather_claims",
+    # -- Xing et al. 2018 §3 (Figs 1-4, Table 1): the loss between consecutive iterates
+    "iterate_interpolation": "hessvalley.iterate_interpolation:iterate_interpolation",
+    "xing2018_fig1": "hessvalley.figures.barriers:fig1_figure",
+    "xing2018_table1": "hessvalley.figures.barrier_table:table1_figure",
 }
 
 

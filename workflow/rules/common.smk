@@ -12,7 +12,7 @@ from snakemake.logging import logger
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
-from hessvalley import stages, store_lock
+from hessvalley import barriers_config, stages, store_lock
 from hessvalley.config import ConfigError, sections_given, validate_config
 from hessvalley.curvature_runs import curvature_runs
 from hessvalley.hessian_keys import hessian_keys
@@ -425,6 +425,45 @@ def line_targets():
     if "lines" not in GIVEN:
         return []
     return [f"{RESULTS}/lines/{name}.zarr" for name in config["lines"]]
+
+
+# -- Xing et al. 2018 §3 (Figs 1-4, Table 1): the loss between consecutive iterates --------
+
+
+def interpolation_store(setting, group):
+    seed = config["barriers"]["seed"]
+    return f"{RESULTS}/{setting}/seed{seed}/interpolation/{group}.zarr"
+
+
+def interpolation_stores(runs):
+    """The interpolation stores of every job of `runs` (of barriers.runs)."""
+    return [
+        interpolation_store(setting, group)
+        for setting, group, _ in barriers_config.interpolation_jobs(config)
+        if setting in runs
+    ]
+
+
+def interpolation_epochs(wildcards):
+    """The epochs of one interpolation job (its group of the run's epochs)."""
+    groups = barriers_config.epoch_groups(config, wildcards.setting)
+    if wildcards.group not in groups:
+        raise WorkflowError(
+            f"no interpolation job {wildcards.group!r} for run {wildcards.setting!r}: "
+            f"barriers plans {sorted(groups)}"
+        )
+    return groups[wildcards.group]
+
+
+def barriers_figure_keys(figure):
+    """The barriers keys `figure` reads (a change of another re-runs it not)."""
+    return {key: config["barriers"][key] for key in barriers_config.FIGURE_KEYS[figure]}
+
+
+def barriers_targets():
+    if "barriers" not in GIVEN or not config["barriers"]["runs"]:
+        return []
+    return [f"{FIGURES}/xing2018_fig1.pdf", f"{FIGURES}/xing2018_table1.pdf"]
 
 
 TARGETS = []

@@ -26,6 +26,9 @@ APPENDIX_FIGURES = {
     "fdr": "wei2020_fig6",
     "outliers": "sagun2017_outliers",
     "width": "sagun2017_width",
+    # Xing et al. 2018 Figs 5-7
+    "minibatch_alignment": "xing2018_fig5",
+    "gradient_cosine": "xing2018_fig7",
 }
 
 
@@ -158,7 +161,12 @@ def small_rows(config: Mapping[str, Any], given: set[str]) -> list[Row]:
     if "outliers" in given and config["outliers"]["runs"]:
         counts["outlier_table"] = 1
     counts["sagun2017_batch"] = int("batch" in given and bool(config["batch"]["large"]))
-    claims = any(counts.get(f) for f in counts if f.startswith(("wei2020_", "sagun2017_")))
+    # Xing et al. 2018 §3 (Figs 1-4, Table 1)
+    for figure in ("xing2018_fig1", "xing2018_table1"):
+        counts[figure] = int("barriers" in given and bool(config["barriers"]["runs"]))
+    claims = any(
+        counts.get(f) for f in counts if f.startswith(("wei2020_", "sagun2017_", "xing2018_"))
+    )
     counts["claims"] = int(claims)
     return [
         Row(stage, "-", [Job("all", n, None, None, None, None, "small")], ["not estimated"])

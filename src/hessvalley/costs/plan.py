@@ -23,6 +23,7 @@ from hessvalley.costs import (
     estimate,
     estimate_appendix,
     estimate_lines,
+    estimate_minibatch,
     estimate_more,
     report,
     table,
@@ -169,6 +170,8 @@ def make_plan(
         rows += estimate_more.curvature_rows(config, runs, calibration.eigh)
     rows += estimate_appendix.appendix_rows(config, given, runs, calibration.eigh)
     rows += estimate_lines.line_rows(config, given, runs)
+    rows += estimate_minibatch.minibatch_rows(config, given, runs)  # Xing et al. 2018 Figs 5-6
+    rows += estimate_lines.interpolation_rows(config, given, runs)  # Xing et al. 2018 §3
     toy_figures = {n: calibration.toys.get(cache.entry_key({n: s})) for n, s in toys.items()}
     rows += estimate_more.toy_rows(config, given, toy_figures)
     rows += estimate_more.small_rows(config, given)

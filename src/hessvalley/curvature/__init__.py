@@ -5,6 +5,7 @@ Pure functions over a ``HessianOperator`` (model + loss + data at given paramete
 the caller owns (parameters, BatchNorm buffers, train/eval mode) is modified.
 """
 
+from hessvalley.curvature.batch_prediction import MinibatchPrediction, minibatch_prediction
 from hessvalley.curvature.exact import exact_hessian, exact_spectrum, negative_eigenvalue_sum
 from hessvalley.curvature.factory import hessian_at, hessian_attrs
 from hessvalley.curvature.lanczos import RitzPairs, lanczos_extremes, lanczos_tridiagonal
@@ -12,6 +13,7 @@ from hessvalley.curvature.noise import (
     AlignmentEstimate,
     CovarianceOperator,
     MinibatchAlignment,
+    draw_batches,
     exact_covariance,
     exact_hessian_noise_alignment,
     flat_gradient,
@@ -32,9 +34,11 @@ __all__ = [
     "LinearOperator",
     "MatrixOperator",
     "MinibatchAlignment",
+    "MinibatchPrediction",
     "RitzPairs",
     "SpectralQuadrature",
     "TraceEstimate",
+    "draw_batches",
     "exact_covariance",
     "exact_hessian",
     "exact_hessian_noise_alignment",
@@ -50,6 +54,7 @@ __all__ = [
     "lanczos_extremes",
     "lanczos_tridiagonal",
     "minibatch_alignment",
+    "minibatch_prediction",
     "negative_eigenvalue_sum",
     "per_sample_gradients",
     "stochastic_lanczos_quadrature",

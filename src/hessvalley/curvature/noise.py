@@ -14,7 +14,8 @@
   tr(HC), |H|_F^2 and |C|_F^2; the ratio's standard error is by the delta method.
   ``exact_alignment_summary`` / ``stochastic_alignment_summary`` add, from the same matrices
   or probes, both cosines (centred and uncentred), tr H, tr C and the Frobenius norms.
-- Xing et al. eq. 4: g_B^T H g_B / |g_B|^2 over sampled mini-batches, H of the full data.
+- Xing et al. eq. 4: g_B^T H g_B / |g_B|^2 over sampled (or given) mini-batches, H of the
+  full data (its prediction from g, C and H: ``hessvalley.curvature.batch_prediction``).
 - Xing et al. eq. 5: cosine of consecutive mini-batch gradients, for the training loop.
 
 Per-sample quantities need the ``"eval"`` BatchNorm policy (batch statistics couple samples)
@@ -287,11 +288,14 @@ def stochastic_alignment_summary(
 
 @dataclass(frozen=True)
 class MinibatchAlignment:
-    """g_B^T H g_B / |g_B|^2 for ``values[i, j]``: batch size ``batch_sizes[i]``, batch j."""
+    """g_B^T H g_B / |g_B|^2 for ``values[i, j]``: batch size ``batch_sizes[i]``, batch j,
+    with its numerator (``curvatures``) and denominator (``norms_sq``), float64."""
 
     batch_sizes: tuple[int, ...]
     values: Tensor
     n_matvecs: int
+    curvatures: Tensor | None = None
+    norms_sq: Tensor | None = None
 
     @property
     def mean(self) -> Tensor:
@@ -302,29 +306,61 @@ class MinibatchAlignment:
         return self.values.std(1, correction=1)
 
 
+def draw_batches(
+    n_samples: int, batch_sizes: Sequence[int], n_batches: int, generator: torch.Generator
+) -> list[Tensor | None]:
+    """Per batch size, (n_batches, size) sample indices, each batch drawn without replacement
+    (``torch.randperm`` on the generator's device, sizes in order); None for the full set
+    (size ``n_samples``: every batch is all of it, so nothing is drawn)."""
+    batches: list[Tensor | None] = []
+    for size in batch_sizes:
+        if not 0 < size <= n_samples:
+            raise ValueError(f"batch size {size} outside 1..{n_samples}")
+        if size == n_samples:
+            batches.append(None)
+            continue
+        draws = [
+            torch.randperm(n_samples, generator=generator, device=generator.device)[:size]
+            for _ in range(n_batches)
+        ]
+        batches.append(torch.stack(draws))
+    return batches
+
+
 def minibatch_alignment(
-    op: HessianOperator, batch_sizes: Sequence[int], n_batches: int, generator: torch.Generator
+    op: HessianOperator,
+    batch_sizes: Sequence[int],
+    n_batches: int,
+    generator: torch.Generator | None = None,
+    *,
+    batches: Sequence[Tensor | None] | None = None,
 ) -> MinibatchAlignment:
-    """Xing et al. eq. 4 for ``n_batches`` batches per size, each drawn without replacement
-    from ``generator``; the batch gradients of one size share the H sweeps."""
-    values = torch.empty(len(batch_sizes), n_batches, dtype=torch.float64)
-    for i, size in enumerate(batch_sizes):
-        if not 0 < size <= op.n_samples:
-            raise ValueError(f"batch size {size} outside 1..{op.n_samples}")
-        batch_gradients = torch.stack(
-            [
-                op.gradient(
-                    torch.randperm(op.n_samples, generator=generator, device=generator.device)[
-                        :size
-                    ]
-                )
-                for _ in range(n_batches)
-            ],
-            dim=1,
-        )  # (P, n_batches)
-        curvature = (batch_gradients * op.matmat(batch_gradients)).sum(0)
-        values[i] = (curvature / batch_gradients.pow(2).sum(0)).to("cpu", torch.float64)
-    return MinibatchAlignment(tuple(batch_sizes), values, len(batch_sizes) * n_batches)
+    """Xing et al. eq. 4 for ``n_batches`` batches per size, drawn by ``draw_batches`` from
+    ``generator`` or given as ``batches`` (its layout); the batch gradients of one size share
+    the H sweeps. The full set is one gradient and one H product, repeated: no spread."""
+    if batches is None:
+        if generator is None:
+            raise ValueError("pass a generator to draw the batches, or the batches")
+        batches = draw_batches(op.n_samples, batch_sizes, n_batches, generator)
+    if len(batches) != len(batch_sizes):
+        raise ValueError(f"{len(batches)} batch sets for {len(batch_sizes)} batch sizes")
+    curvatures = torch.empty(len(batch_sizes), n_batches, dtype=torch.float64)
+    norms_sq = torch.empty_like(curvatures)
+    n_matvecs = 0
+    for i, (size, drawn) in enumerate(zip(batch_sizes, batches, strict=True)):
+        if drawn is None and size != op.n_samples:
+            raise ValueError(f"batch size {size}: no batches given (None is the full set)")
+        if drawn is None:
+            gradients = op.gradient()[:, None]
+        else:
+            if tuple(drawn.shape) != (n_batches, size):
+                raise ValueError(f"batch size {size}: batches of shape {tuple(drawn.shape)}")
+            gradients = torch.stack([op.gradient(batch) for batch in drawn], dim=1)
+        curvatures[i] = (gradients * op.matmat(gradients)).sum(0).to("cpu", torch.float64)
+        norms_sq[i] = gradients.pow(2).sum(0).to("cpu", torch.float64)
+        n_matvecs += gradients.shape[1]
+    values = curvatures / norms_sq
+    return MinibatchAlignment(tuple(batch_sizes), values, n_matvecs, curvatures, norms_sq)
 
 
 def flat_gradient(model: nn.Module) -> Tensor:
