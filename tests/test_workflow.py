@@ -251,7 +251,10 @@ def test_a_figure_of_an_absent_section_is_still_a_target(tmp_path):
 # The Sagun sections over tiny_mlp (small batch), a large-batch run of as many steps (24) and
 # its continuation, with the curvature each figure reads.
 SAGUN_RUNS = {
-    "tiny_lb": {**TINY["runs"]["tiny_mlp"], "optimizer": {"lr": 0.1, "batch_size": 64}},
+    "tiny_lb": {
+        **TINY["runs"]["tiny_mlp"],
+        "optimizer": {"lr": 0.1, "momentum": 0.9, "batch_size": 64},
+    },
     "tiny_sw": {**TINY["runs"]["tiny_mlp"], "init_from": "tiny_lb", "epochs": 1},
 }
 SAGUN_RUNS["tiny_lb"]["epochs"] = 6
@@ -277,6 +280,17 @@ XING_BARRIERS = {
     "panel_epochs": [1],
     "every_epoch_to": 1,
 }
+# Xing et al. 2018 Figs 5-7: tiny_mlp's last checkpoint; tiny_mlp and tiny_lb (24 steps each at
+# lr 0.1) logging the gradient cosine.
+XING_BATCH = {
+    "minibatch_alignment": {"runs": ["tiny_mlp"], "batch_sizes": [8, "full"], "n_batches": 2},
+    "gradient_cosine": {"runs": ["tiny_mlp", "tiny_lb"]},
+}
+XING_RUNS = {
+    name: {**run, "log_grad_cosine": True}
+    for name, run in {"tiny_mlp": TINY["runs"]["tiny_mlp"], **SAGUN_RUNS}.items()
+    if name != "tiny_sw"
+}
 
 
 def test_every_rule_asks_for_its_own_resources(tmp_path):
@@ -293,7 +307,8 @@ def test_every_rule_asks_for_its_own_resources(tmp_path):
         "fdr": {"runs": ["tiny_mlp"]},
         **SAGUN_SECTIONS,
         "barriers": XING_BARRIERS,
-        "runs": {**TINY["runs"], **SAGUN_RUNS},
+        **XING_BATCH,
+        "runs": {**TINY["runs"], **SAGUN_RUNS, **XING_RUNS},
         "resources": {
             **{rule: {"runtime": t, "mem_mb": m} for rule, (t, m) in asked.items()},
             "limits": {"runtime": 200, "mem_mb": 2000},

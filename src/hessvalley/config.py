@@ -361,31 +361,20 @@ def _projection(config: dict[str, Any]) -> Iterator[str]:
         yield from projection_plan.problems(config)
 
 
-@check
-def _curvature(config: dict[str, Any]) -> Iterator[str]:
-    yield from curvature_runs.problems(config)
+# Each catalogue section's cross-key checks live beside its code and name the key.
+SECTION_CHECKS = (
+    curvature_runs.problems,
+    appendix_config.problems,
+    sagun_config.problems,
+    barriers_config.problems,  # Xing et al. 2018 §3 (Figs 1-4, Table 1)
+    xing_config.problems,  # Xing et al. 2018 Figs 5-7
+)
 
 
 @check
-def _appendix(config: dict[str, Any]) -> Iterator[str]:
-    yield from appendix_config.problems(config)
-
-
-@check
-def _sagun(config: dict[str, Any]) -> Iterator[str]:
-    yield from sagun_config.problems(config)
-
-
-# -- Xing et al. 2018 §3 (Figs 1-4, Table 1) -------------------------------------------------
-@check
-def _barriers(config: dict[str, Any]) -> Iterator[str]:
-    yield from barriers_config.problems(config)
-
-
-@check
-def _xing_batch(config: dict[str, Any]) -> Iterator[str]:
-    """Xing et al. 2018 Figs 5-7: ``minibatch_alignment``, ``gradient_cosine``."""
-    yield from xing_config.problems(config)
+def _sections(config: dict[str, Any]) -> Iterator[str]:
+    for problems in SECTION_CHECKS:
+        yield from problems(config)
 
 
 @check
