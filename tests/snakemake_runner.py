@@ -8,13 +8,18 @@ given: a target is never taken for a value of `--configfile` or `--config`.
 
 from __future__ import annotations
 
+import csv
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
+
+from hessvalley.claims import VERDICTS
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
@@ -85,3 +90,45 @@ def planned_jobs(output: str) -> dict[str, int]:
     table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
     counts = re.findall(r"^(\w+)\s+(\d+)\s*$", table, re.M)
     return {rule: int(count) for rule, count in counts if rule != "total"}
+
+
+# -- the catalogue's workflow tests: a tiny config of tests/configs run in a fresh folder ------
+
+
+def run_config(workdir: Path, *args: str) -> str:
+    """Snakemake in ``workdir`` on its config.yaml, 2 cores; the output."""
+    return snakemake(workdir, *args, configfile=workdir / "config.yaml", cores=2).output
+
+
+def ran_config(tmp_path_factory, name: str) -> Path:
+    """A fresh folder holding tests/configs/<name>.yaml as config.yaml, the workflow run there."""
+    workdir = tmp_path_factory.mktemp(name)
+    shutil.copy(REPO / f"tests/configs/{name}.yaml", workdir / "config.yaml")
+    run_config(workdir)
+    return workdir
+
+
+def planned_after(workdir: Path, change) -> dict[str, int]:
+    """The jobs a dry run plans after ``change`` edits the config (then undone)."""
+    path = workdir / "config.yaml"
+    original = path.read_text()
+    config = yaml.safe_load(original)
+    change(config)
+    path.write_text(yaml.safe_dump(config))
+    try:
+        return planned_jobs(run_config(workdir, "-n"))
+    finally:
+        path.write_text(original)
+
+
+def figures_and_claims(results: Path, figures: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """Assert each figure's pdf and png and one claims.csv row per figure, each with a verdict
+    and numbers; the rows by id."""
+    for figure in figures:
+        for suffix in (".pdf", ".png"):
+            assert (results / "figures" / f"{figure}{suffix}").stat().st_size > 1000
+    with open(results / "claims.csv", newline="") as handle:
+        rows = {row["id"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == set(figures)
+    assert all(row["verdict"] in VERDICTS and row["numbers"] for row in rows.values())
+    return rows

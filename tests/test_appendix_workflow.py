@@ -4,55 +4,25 @@ made by the workflow, state their claims, and re-run exactly what a config chang
 
 from __future__ import annotations
 
-import csv
-import shutil
 from pathlib import Path
 
 import pytest
 import xarray as xr
-import yaml
 
-from hessvalley.claims import VERDICTS
-
-from .snakemake_runner import REPO, planned_jobs, snakemake
+from .snakemake_runner import figures_and_claims, planned_after, planned_jobs, ran_config
+from .snakemake_runner import run_config as run
 
 pytestmark = pytest.mark.workflow
 
 
-def run(workdir: Path, *args: str) -> str:
-    return snakemake(workdir, *args, configfile=workdir / "config.yaml", cores=2).output
-
-
-def planned_after(workdir: Path, change) -> dict[str, int]:
-    """The jobs a dry run plans after ``change`` edits the config (then undone)."""
-    path = workdir / "config.yaml"
-    original = path.read_text()
-    config = yaml.safe_load(original)
-    change(config)
-    path.write_text(yaml.safe_dump(config))
-    try:
-        return planned_jobs(run(workdir, "-n"))
-    finally:
-        path.write_text(original)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("appendix")
-    shutil.copy(REPO / "tests/configs/appendix.yaml", workdir / "config.yaml")
-    run(workdir)
-    return workdir
+    return ran_config(tmp_path_factory, "appendix")
 
 
 def test_each_figure_its_stores_and_its_claim(workdir):
     results = workdir / "results"
-    for figure in ("wei2020_fig2a", "wei2020_fig5", "wei2020_fig6"):
-        for suffix in (".pdf", ".png"):
-            assert (results / "figures" / f"{figure}{suffix}").stat().st_size > 1000
-    with open(results / "claims.csv", newline="") as handle:
-        rows = {row["id"]: row for row in csv.DictReader(handle)}
-    assert set(rows) == {"wei2020_fig2a", "wei2020_fig5", "wei2020_fig6"}
-    assert all(row["verdict"] in VERDICTS and row["numbers"] for row in rows.values())
+    figures_and_claims(results, ("wei2020_fig2a", "wei2020_fig5", "wei2020_fig6"))
     with xr.open_zarr(results / "tiny_gd/seed0/equilibrium.zarr") as ds:
         assert ds.sizes["point"] == 2 * 2 * 2 + 2  # cells x snapshots + GD checkpoints
         assert ds.attrs["setting"] == "tiny_gd"

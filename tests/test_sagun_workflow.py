@@ -6,43 +6,27 @@ and re-run exactly what a config change makes stale.
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 
-from hessvalley.claims import VERDICTS
-
-from .snakemake_runner import REPO, planned_jobs, snakemake
-from .test_appendix_workflow import planned_after
+from .snakemake_runner import figures_and_claims, planned_after, planned_jobs, ran_config
+from .snakemake_runner import run_config as run
 
 pytestmark = pytest.mark.workflow
 FIGURES = ("sagun2017_outliers", "sagun2017_width", "sagun2017_batch")
 
 
-def run(workdir: Path, *args: str) -> str:
-    return snakemake(workdir, *args, configfile=workdir / "config.yaml", cores=2).output
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("sagun")
-    shutil.copy(REPO / "tests/configs/sagun.yaml", workdir / "config.yaml")
-    run(workdir)
-    return workdir
+    return ran_config(tmp_path_factory, "sagun")
 
 
 def test_each_figure_the_table_and_the_claims(workdir):
     results = workdir / "results"
-    for figure in FIGURES:
-        for suffix in (".pdf", ".png"):
-            assert (results / "figures" / f"{figure}{suffix}").stat().st_size > 1000
-    with open(results / "claims.csv", newline="") as handle:
-        rows = {row["id"]: row for row in csv.DictReader(handle)}
-    assert set(rows) == set(FIGURES)
-    assert all(row["verdict"] in VERDICTS and row["numbers"] for row in rows.values())
+    figures_and_claims(results, FIGURES)
     with open(results / "tables/sagun2017_table1.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
     assert [(row["run"], row["k"]) for row in table] == [("k2", "2"), ("k3", "3")]

@@ -5,44 +5,27 @@ config change makes stale.
 
 from __future__ import annotations
 
-import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 
-from hessvalley.claims import VERDICTS
-
-from .snakemake_runner import REPO, planned_jobs, snakemake
-from .test_appendix_workflow import planned_after
+from .snakemake_runner import figures_and_claims, planned_after, planned_jobs, ran_config
+from .snakemake_runner import run_config as run
 
 pytestmark = pytest.mark.workflow
 FIGURES = ("xing2018_fig5", "xing2018_fig7")
 
 
-def run(workdir: Path, *args: str) -> str:
-    return snakemake(workdir, *args, configfile=workdir / "config.yaml", cores=2).output
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("xing_a")
-    shutil.copy(REPO / "tests/configs/xing_a.yaml", workdir / "config.yaml")
-    run(workdir)
-    return workdir
+    return ran_config(tmp_path_factory, "xing_a")
 
 
 def test_each_figure_its_store_and_the_claims(workdir):
     results = workdir / "results"
-    for figure in FIGURES:
-        for suffix in (".pdf", ".png"):
-            assert (results / "figures" / f"{figure}{suffix}").stat().st_size > 1000
-    with open(results / "claims.csv", newline="") as handle:
-        rows = {row["id"]: row for row in csv.DictReader(handle)}
-    assert set(rows) == set(FIGURES)
-    assert all(row["verdict"] in VERDICTS and row["numbers"] for row in rows.values())
+    figures_and_claims(results, FIGURES)
     with xr.open_zarr(results / "sb/seed0/minibatch_alignment.zarr") as ds:
         assert ds["epoch"].values.tolist() == [1.0, 2.0]
         assert ds["batch_size"].values.tolist() == [5, 20, 80]

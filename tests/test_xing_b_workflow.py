@@ -6,43 +6,27 @@ exactly what reads the changed key.
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import pytest
 import xarray as xr
 
-from hessvalley.claims import VERDICTS
-
-from .snakemake_runner import REPO, planned_jobs, snakemake
-from .test_appendix_workflow import planned_after
+from .snakemake_runner import figures_and_claims, planned_after, planned_jobs, ran_config
+from .snakemake_runner import run_config as run
 
 pytestmark = pytest.mark.workflow
 FIGURES = ("xing2018_fig1", "xing2018_table1")
 GROUPS = {"ref": ["epochs_1-2", "epoch_3"], "short": ["epoch_1"]}  # epochs_per_job: 2
 
 
-def run(workdir: Path, *args: str) -> str:
-    return snakemake(workdir, *args, configfile=workdir / "config.yaml", cores=2).output
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("xing_b")
-    shutil.copy(REPO / "tests/configs/xing_b.yaml", workdir / "config.yaml")
-    run(workdir)
-    return workdir
+    return ran_config(tmp_path_factory, "xing_b")
 
 
 def test_the_figures_the_table_and_the_claims(workdir):
     results = workdir / "results"
-    for figure in FIGURES:
-        for suffix in (".pdf", ".png"):
-            assert (results / "figures" / f"{figure}{suffix}").stat().st_size > 1000
-    with open(results / "claims.csv", newline="") as handle:
-        rows = {row["id"]: row for row in csv.DictReader(handle)}
-    assert set(rows) == set(FIGURES)
-    assert all(row["verdict"] in VERDICTS and row["numbers"] for row in rows.values())
+    figures_and_claims(results, FIGURES)
     with open(results / "tables/xing2018_table1.csv", newline="") as handle:
         table = [(row["run"], row["epoch"], row["steps"]) for row in csv.DictReader(handle)]
     # 96 digits: batch 16 gives 6 steps an epoch, batch 32 gives 3; short has no epoch 3
