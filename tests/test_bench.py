@@ -12,6 +12,7 @@ BENCH = REPO / "bench"
 sys.path.insert(0, str(BENCH))
 
 import readme_table  # noqa: E402
+import suite_models  # noqa: E402
 
 KEYS = {"name", "script", "measures", "commit", "date", "machine", "command", "figures"}
 
@@ -38,3 +39,10 @@ def test_results_files_say_what_when_where_and_how():
 
 def test_readme_table_is_generated_from_the_results():
     assert readme_table.readme_table(REPO / "README.md") == readme_table.render_table()
+
+
+def test_suite_models_are_the_sizes_they_say():
+    """bench/suite_models.py: each model's description states its parameter count."""
+    for name, entry in suite_models.SUITE.items():
+        stated = int(re.search(r"P = ([\d,]+)", entry.description)[1].replace(",", ""))
+        assert sum(p.numel() for p in entry.build().parameters()) == stated, name

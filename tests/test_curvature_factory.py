@@ -16,6 +16,7 @@ KEYS = {
     "dtype": "float32",
     "chunk_size": 2048,
     "probes_per_sweep": 32,
+    "hvp_method": "auto",
 }
 
 
@@ -31,19 +32,22 @@ def problem():
 def test_factory_builds_the_operator_the_keys_describe(problem):
     model, loss_fn, x, y = problem
     keys = {**KEYS, "n_samples": 25, "subset_seed": 3, "batch_norm": "train", "dtype": "float64",
-            "chunk_size": 7, "probes_per_sweep": 2, "every": 5}  # fmt: skip
+            "chunk_size": 7, "probes_per_sweep": 2, "hvp_method": "double_backward_loop",
+            "every": 5}  # fmt: skip
     op = hessian_at(model, loss_fn, x, y, keys)
     keep = torch.randperm(40, generator=torch.Generator().manual_seed(3))[:25].sort().values
     reference = HessianOperator(
         model, loss_fn, x[keep], y[keep], chunk_size=7, probes_per_sweep=2, bn_policy="train",
-        dtype=torch.float64,
+        dtype=torch.float64, method="double_backward_loop",
     )  # fmt: skip
     assert (op.n_samples, op.chunk_size, op.probes_per_sweep) == (25, 7, 2)
     assert (op.bn_policy, op.dtype) == ("train", torch.float64)
     assert torch.equal(op.x, reference.x) and torch.equal(op.y, reference.y)
     probes = torch.randn(op.size, 3, dtype=torch.float64)
     assert torch.equal(op.matmat(probes), reference.matmat(probes))
-    assert hessian_attrs(keys, 40) == {"hessian": hessian_keys(keys), "n_samples": 25}
+    attrs = hessian_attrs(keys, 40)
+    assert attrs["hessian"] == hessian_keys(keys) and attrs["n_samples"] == 25
+    assert "double_backward_loop" in attrs["hvp_methods"]  # this process used it
     assert set(hessian_attrs(keys, 40)["hessian"]) == set(HESSIAN_KEYS)  # not "every"
 
 

@@ -3,8 +3,12 @@ eigenvalues; block Lanczos; stochastic Lanczos quadrature against exact spectral
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from hessvalley.curvature import (
@@ -16,6 +20,7 @@ from hessvalley.curvature import (
     negative_eigenvalue_sum,
     stochastic_lanczos_quadrature,
 )
+from hessvalley.curvature.lanczos import DEFAULT_TOL
 from hessvalley.curvature.trace import rademacher
 from hessvalley.losses import mse_one_hot
 
@@ -124,3 +129,26 @@ def test_exact_spectrum_matches_eigh_of_hessian():
     model, (x, y) = tiny_mlp(batch_norm=True), tiny_data()
     op = HessianOperator(model, LOSSES["ce"], x, y, dtype=F64)
     torch.testing.assert_close(exact_spectrum(op), torch.linalg.eigvalsh(exact_hessian(op)))
+
+
+def _lanczos_sections(node):
+    """Every schema object with both ``tol`` and ``max_dim`` properties (a Lanczos section)."""
+    if isinstance(node, dict):
+        properties = node.get("properties")
+        if isinstance(properties, dict) and {"tol", "max_dim"} <= properties.keys():
+            yield properties
+        for value in node.values():
+            yield from _lanczos_sections(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _lanczos_sections(value)
+
+
+def test_one_default_tolerance_in_library_and_schema():
+    """The workflow's Lanczos sections (curvature.eigen, fdr.lanczos) default to the
+    library's DEFAULT_TOL, which is lanczos_extremes' default."""
+    schema_path = Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml"
+    sections = list(_lanczos_sections(yaml.safe_load(schema_path.read_text())))
+    assert len(sections) >= 2
+    assert [section["tol"]["default"] for section in sections] == [DEFAULT_TOL] * len(sections)
+    assert inspect.signature(lanczos_extremes).parameters["tol"].default == DEFAULT_TOL

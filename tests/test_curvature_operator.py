@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from hessvalley.curvature import HessianOperator, exact_hessian
-from hessvalley.curvature import operator as operator_module
-from hessvalley.curvature.operator import HVP_METHODS, model_family
+from hessvalley.curvature import hvp as hvp_module
+from hessvalley.curvature.hvp import HVP_METHODS
 from hessvalley.errors import HessvalleyError
 from hessvalley.flat import flatten
 from hessvalley.losses import mse_one_hot
@@ -52,7 +52,7 @@ def test_every_method_matches_reference_hessian(loss_name, batch_norm, conv):
 def test_batched_method_in_probe_sub_blocks_matches_reference(monkeypatch, budget):
     """``double_backward_batched`` splits a sweep's probes into vmapped sub-blocks of
     BATCHED_SAMPLE_PROBES // chunk length (here 1, 2 with an odd remainder, all 5)."""
-    monkeypatch.setattr(operator_module, "BATCHED_SAMPLE_PROBES", budget)
+    monkeypatch.setattr(hvp_module, "BATCHED_SAMPLE_PROBES", budget)
     model, (x, y) = tiny_cnn(batch_norm=True), tiny_data(conv=True)
     reference = reference_hessian(model, LOSSES["ls_ce"], x, y)
     probes = torch.randn(reference.shape[0], 5, dtype=F64, generator=torch.Generator())
@@ -174,4 +174,3 @@ def test_size_limit_and_bad_arguments_fail_clearly():
         HessianOperator(model, LOSSES["ce"], x, y, bn_policy="batch")
     with pytest.raises(ValueError, match="unknown HVP method"):
         HessianOperator(model, LOSSES["ce"], x, y, method="finite_differences")
-    assert model_family(model) == "mlp" and model_family(tiny_cnn(False)) == "cnn"

@@ -77,8 +77,10 @@ def test_adaptive_stop_reaches_target_with_at_least_the_minimum():
     op = spiked_operator(size=120, seed=2)
     generator = torch.Generator().manual_seed(2)
     estimate = hutchinson_trace(op, generator, 8, rtol=0.05, probes_per_block=4)
-    assert estimate.relative_stderr <= 0.05 and estimate.samples.numel() >= 8
-    assert estimate.samples.numel() % 4 == 0 and estimate.n_matvecs == estimate.samples.numel()
+    n = estimate.samples.numel()
+    assert estimate.relative_stderr <= 0.05 and n >= 8
+    # the estimate stops at the first n meeting the target; the matvecs count whole blocks
+    assert estimate.n_matvecs % 4 == 0 and n <= estimate.n_matvecs < n + 4
     capped = hutchinson_trace(op, generator, 8, rtol=1e-6, max_probes=20, probes_per_block=8)
     assert capped.samples.numel() == 20 and capped.relative_stderr > 1e-6
 

@@ -61,6 +61,7 @@ HESSIAN = {
     "dtype": "float32",  # overridden by equilibrium.dtype
     "chunk_size": 2048,
     "probes_per_sweep": 32,
+    "hvp_method": "auto",
 }
 
 

@@ -15,8 +15,17 @@ from typing import Any
 
 # The mean loss over all training samples or a seeded subset (n_samples, subset_seed), with
 # BatchNorm in the batch_norm mode, Hessian-vector products in dtype, chunk_size samples per
-# chunk and probes_per_sweep vectors per data sweep.
-HESSIAN_KEYS = ("n_samples", "subset_seed", "batch_norm", "dtype", "chunk_size", "probes_per_sweep")
+# chunk and probes_per_sweep vectors per data sweep, by the HVP method hvp_method (auto: the
+# fastest measured; the methods differ only in rounding).
+HESSIAN_KEYS = (
+    "n_samples",
+    "subset_seed",
+    "batch_norm",
+    "dtype",
+    "chunk_size",
+    "probes_per_sweep",
+    "hvp_method",
+)
 
 
 def hessian_keys(curvature: Mapping[str, Any]) -> dict[str, Any]:

@@ -159,10 +159,12 @@ def _hvp_figures(model, loss_fn, x, y, hessian: Mapping[str, Any], device) -> di
         "dtype": hessian["dtype"],
         "chunk_size": n,
         "probes_per_sweep": 2,
+        "hvp_method": hessian.get("hvp_method", "auto"),
     }
 
     def operator(batch: int = n):
-        return hessian_at(model, loss_fn, x[:batch], y[:batch], keys)
+        # every product pays its sweep's forward and backward, as with several chunks
+        return hessian_at(model, loss_fn, x[:batch], y[:batch], keys, reuse_graph=False)
 
     op = operator()
     generator = torch.Generator().manual_seed(1)
@@ -173,7 +175,11 @@ def _hvp_figures(model, loss_fn, x, y, hessian: Mapping[str, Any], device) -> di
     shared = max(one - per_probe, 0.0)
 
     def graph_bytes(batch: int) -> int:
-        small = operator(batch)
+        # bytes of the reverse-over-reverse graph: torch.func (the forward-over-reverse
+        # methods) refuses the saved-tensor hooks that count them
+        small = hessian_at(
+            model, loss_fn, x[:batch], y[:batch], keys | {"hvp_method": "double_backward_loop"}
+        )
         return saved_bytes(lambda: small.matmat(probes[:, :1]))
 
     hvp_bytes = _per_sample_bytes(graph_bytes, MEMORY_SAMPLES)

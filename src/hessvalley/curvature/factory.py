@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hessvalley.curvature.operator import HessianOperator, LossFn
+from hessvalley.curvature.operator import HessianOperator, LossFn, methods_used
 from hessvalley.hessian_keys import hessian_keys
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -48,11 +48,12 @@ def hessian_at(
     *,
     params: Tensor | None = None,
     buffers: Tensor | None = None,
+    reuse_graph: bool | None = None,
 ) -> HessianOperator:
     """The Hessian of the mean ``loss_fn`` over the training samples ``x``, ``y`` (or their
     seeded subset) at the model's parameters and buffers (or the flat ``params`` and
     ``buffers``), as the ``curvature`` keys ``hessian`` say (``HESSIAN_KEYS``; other keys
-    are ignored)."""
+    are ignored). ``reuse_graph`` as in ``HessianOperator``."""
     keys = hessian_keys(hessian)
     x, y = hessian_samples(x, y, keys)
     return HessianOperator(
@@ -66,11 +67,19 @@ def hessian_at(
         probes_per_sweep=int(keys["probes_per_sweep"]),
         bn_policy=keys["batch_norm"],
         dtype=DTYPES[keys["dtype"]],
+        method=keys["hvp_method"],
+        reuse_graph=reuse_graph,
     )
 
 
 def hessian_attrs(hessian: Mapping[str, Any], n_train: int) -> dict[str, Any]:
-    """What a store records about its Hessian: the keys (``hessian``) and the number of
-    samples it was taken over (``n_samples``) out of a training set of ``n_train``."""
+    """What a store records about its Hessian: the keys (``hessian``), the number of samples
+    it was taken over (``n_samples``) out of a training set of ``n_train``, and the HVP
+    methods this process's operators used with the seconds per row ``auto`` measured
+    (``hvp_methods``)."""
     keys = hessian_keys(hessian)
-    return {"hessian": keys, "n_samples": n_hessian_samples(n_train, keys)}
+    return {
+        "hessian": keys,
+        "n_samples": n_hessian_samples(n_train, keys),
+        "hvp_methods": methods_used(),
+    }

@@ -7,7 +7,9 @@ applies H to a block of probe vectors, so k probes cost one forward/backward of 
 plus k second-order passes instead of k full sweeps.
 
 Flat vectors follow ``hessvalley.flat``: ``model.named_parameters()`` order, each tensor
-reshaped to 1-d, concatenated (the layout of the trajectory stores).
+reshaped to 1-d, concatenated (the layout of the trajectory stores), over the parameters the
+Hessian is taken in: the trainable ones (frozen parameters are constants of the loss, as in
+training), or all with ``include_frozen=True``.
 
 BatchNorm policy (``bn_policy``):
 - ``"eval"`` (default): running statistics, as at test time. The loss is a mean of
@@ -26,47 +28,23 @@ from typing import Literal, Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call
 
+from hessvalley.curvature.hvp import (
+    HVP_METHODS,
+    TRIAL_PROBES,
+    GradientGraph,
+    batched_group,
+    double_backward,
+    fastest,
+    forward_over_reverse,
+    gradient_graph,
+    measure_methods,
+)
 from hessvalley.flat import flatten, unflatten_into
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 BNPolicy = Literal["eval", "train"]
-HVP_METHODS = (
-    "double_backward_loop",
-    "double_backward_batched",
-    "forward_over_reverse_vmap",
-    "forward_over_reverse_loop",
-)
-# Chosen by bench/bench_hvp.py on the 2-core CPU development machine, one thread (the default
-# config's ``threads: 1``), float32, 1347 digits in one chunk, 32 probes per sweep, medians of
-# 7 interleaved repeats; per-probe HVP time / one-chunk full-data gradient time, with glibc
-# malloc keeping freed memory (the bench's default) | glibc's default malloc:
-#   mlp (64-32-10 tanh, 2410 params): double_backward_batched 0.70 | 0.69,
-#       double_backward_loop 0.63 | 0.61, forward_over_reverse_vmap 0.52 | 0.84,
-#       forward_over_reverse_loop 3.2 | 3.1
-#   cnn (ws_cnn 8-8-8 relu, 1338 params): double_backward_loop 2.2 | 2.8,
-#       double_backward_batched 2.3 | 3.1, forward_over_reverse_vmap 1.8 | 6.3,
-#       forward_over_reverse_loop 3.4 | 4.5
-# Reverse-over-reverse is the robust choice: the forward and first backward pass of a chunk
-# are shared by all probes of a sweep. forward_over_reverse_vmap is fastest only when freed
-# memory is kept: its tensors are 32x a chunk's activations, which glibc's default malloc
-# returns to the OS and page-faults back in on every sweep (~1e6 faults per CNN sweep); it
-# also needs that 32x memory. For matmuls, vmap over the second backward (batched) costs
-# about the same per probe however the data are chunked, while the loop's per-chunk overhead
-# grows with the number of chunks (at chunks of 256: batched ~0.7-1.0x, loop ~1.3-1.5x of
-# the one-chunk gradient). For convolutions every method costs about two gradients, the flop
-# count of an exact HVP (tangent forward + tangent backward, each twice the convolutions of
-# the gradient's; vmap's bigger batched kernels get to 1.8 only with kept memory), and the
-# loop needs no extra memory. Not measured on GPU: pass ``method``
-# there to override.
-DEFAULT_HVP_METHOD = {"mlp": "double_backward_batched", "cnn": "double_backward_loop"}
-# ``double_backward_batched`` vmaps the second backward over at most this many
-# (samples in the chunk) x (probes) at once, in sub-blocks of the sweep's probes: past it the
-# batched tangents leave the cache and a sweep slows down (MLP above, one thread: one chunk
-# of 1347 samples, all 32 probes at once 0.70-0.92x a gradient per probe, in sub-blocks of
-# 3-4 0.47-0.66x; at chunks of 256, sub-blocks of 16 and all 32 are alike).
-BATCHED_SAMPLE_PROBES = 4096
 
 
 class LinearOperator(Protocol):
@@ -99,15 +77,10 @@ def in_sweeps(op: HessianOperator, vectors: Tensor, sweep: Callable[[Tensor], Te
     (P, k) block, ``op.probes_per_sweep`` columns at a time, in ``op``'s dtype and device."""
     if vectors.ndim != 2 or vectors.shape[0] != op.size:
         raise ValueError(f"need a ({op.size}, k) block, got {tuple(vectors.shape)}")
-    rows = vectors.to(op.device, op.dtype).T  # (k, P)
+    rows = vectors.to(op.device, op.dtype).T.contiguous()  # (k, P): rows contiguous, as
+    # autograd's grad_outputs run slower strided (+25% per HVP measured on a 203k MLP)
     out = torch.cat([sweep(group) for group in rows.split(op.probes_per_sweep)])  # (k, P)
     return out.T.to(vectors.dtype)
-
-
-def model_family(model: nn.Module) -> str:
-    """``"cnn"`` when the model convolves, else ``"mlp"``: the key of ``DEFAULT_HVP_METHOD``."""
-    convolutions = (nn.modules.conv._ConvNd,)
-    return "cnn" if any(isinstance(m, convolutions) for m in model.modules()) else "mlp"
 
 
 def _private_copy(
@@ -140,14 +113,20 @@ class HessianOperator:
     """H = d^2/dtheta^2 (1/M) sum_k loss(model(x_k; theta), y_k) at ``params`` (default: the
     model's current parameters), applied to (P, k) blocks of vectors.
 
-    ``params`` and ``buffers`` are flat vectors in the layouts of ``hessvalley.flat``
-    (``param_layout``, ``buffer_layout``), e.g. one checkpoint row of a trajectory store;
-    ``buffers`` (BatchNorm running statistics) default to the model's own.
+    theta are the model's trainable parameters (``requires_grad``): frozen ones are held at
+    their values and left out of H, as training leaves them out; ``include_frozen=True``
+    takes every parameter. ``params`` is a flat vector in the layout of ``hessvalley.flat``
+    (``param_layout``, every parameter, e.g. one checkpoint row of a trajectory store) or of
+    theta alone; ``buffers`` (BatchNorm running statistics) default to the model's own.
 
     ``chunk_size`` samples are processed at once; ``probes_per_sweep`` vectors share one
-    sweep over the data (more probes are split over several sweeps, bounding memory).
-    ``method`` picks the HVP implementation (``HVP_METHODS``); ``"auto"`` takes the one
-    measured fastest for the model family (``DEFAULT_HVP_METHOD``).
+    sweep over the data (more probes are split over several sweeps, bounding memory). When
+    the data fit in one chunk the gradient graph is built once and every later product only
+    differentiates it again (``reuse_graph``; default: whenever there is one chunk). ``method``
+    picks the HVP implementation (``HVP_METHODS``); ``"auto"`` times the candidates on the
+    first matmat's first chunk and rows and takes the fastest (``hessvalley.curvature.hvp``),
+    once per process for a given model shape, data shape and settings; ``method`` then names
+    the choice and ``method_timings`` the seconds per row measured.
     """
 
     def __init__(
@@ -165,33 +144,34 @@ class HessianOperator:
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         method: str = "auto",
+        include_frozen: bool = False,
+        reuse_graph: bool | None = None,
     ) -> None:
         if x.shape[0] != y.shape[0] or x.shape[0] == 0:
             raise ValueError(f"x and y need the same non-zero length, got {len(x)}, {len(y)}")
         if chunk_size < 1 or probes_per_sweep < 1:
             raise ValueError("chunk_size and probes_per_sweep must be positive")
-        if method == "auto":
-            method = DEFAULT_HVP_METHOD[model_family(model)]
-        if method not in HVP_METHODS:
+        if method != "auto" and method not in HVP_METHODS:
             raise ValueError(
                 f"unknown HVP method {method!r}; known: auto, {', '.join(HVP_METHODS)}"
             )
         self.device = torch.device(device) if device is not None else x.device
         self.module = _private_copy(model, bn_policy, buffers, dtype, self.device)
-        named = list(self.module.named_parameters())
+        every = list(self.module.named_parameters())
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        named = [(n, p) for n, p in every if include_frozen or n in trainable]
+        if not named:
+            raise ValueError(
+                "the model has no trainable parameters (every requires_grad is False); "
+                "pass include_frozen=True for the Hessian in all of them"
+            )
         self.names = [name for name, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.sizes = [p.numel() for _, p in named]
         self.dtype = named[0][1].dtype
         self.buffers = dict(self.module.named_buffers())
-        if params is None:
-            params = flatten((p for _, p in model.named_parameters()), self.dtype)
-        self.theta = params.detach().to(device=self.device, dtype=self.dtype)
         self.size = sum(self.sizes)
-        if self.theta.shape != (self.size,):
-            raise ValueError(
-                f"params has shape {tuple(params.shape)}, the model needs ({self.size},)"
-            )
+        self.theta = self._theta(model, params, every)
         self.loss_fn = loss_fn
         self.x = x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
         self.y = y.to(self.device)
@@ -200,6 +180,29 @@ class HessianOperator:
         self.probes_per_sweep = probes_per_sweep
         self.bn_policy = bn_policy
         self.method = method
+        self.method_timings: dict[str, float] = {}
+        self.reuse_graph = self.n_samples <= chunk_size if reuse_graph is None else reuse_graph
+        self._graph: GradientGraph | None = None
+
+    def _theta(self, model: nn.Module, params: Tensor | None, every: list) -> Tensor:
+        """theta from ``params`` in the full layout (frozen values go into the private copy)
+        or in theta's own, or from the model."""
+        if params is None:
+            named = dict(model.named_parameters())
+            return flatten((named[n] for n in self.names), self.dtype).to(self.device)
+        params = params.detach().to(device=self.device, dtype=self.dtype)
+        full = sum(p.numel() for _, p in every)
+        if params.shape == (full,) and full != self.size:
+            with torch.no_grad():
+                unflatten_into(params, (p for _, p in every))
+            named = dict(every)
+            return flatten((named[n] for n in self.names), self.dtype).to(self.device)
+        if params.shape != (self.size,):
+            raise ValueError(
+                f"params has shape {tuple(params.shape)}, the model needs ({self.size},)"
+                + (f" (or ({full},) with its frozen parameters)" if full != self.size else "")
+            )
+        return params
 
     # -- the model and loss as functions of the flat parameter vector --------------------------
 
@@ -260,8 +263,20 @@ class HessianOperator:
         """H @ vectors for a (P, k) block; ``probes_per_sweep`` columns share a data sweep."""
         return in_sweeps(self, vectors, self._sweep)
 
+    def release(self) -> None:
+        """Free the kept gradient graph (it is rebuilt by the next product if needed)."""
+        self._graph = None
+
     def _sweep(self, rows: Tensor) -> Tensor:
         """One pass over the data applying H to the (k, P) rows."""
+        if self.method == "auto":
+            self._choose_method(rows)
+        _USED.setdefault(self.method, self.method_timings)
+        if self.reuse_graph and self.method.startswith("double_backward"):
+            if self._graph is None:
+                self._graph = gradient_graph(self.chunk_loss, self.theta, self.x, self.y)
+            group = batched_group(self.method, self.n_samples)
+            return double_backward(self._graph, rows, group, keep_graph=True)
         total = torch.zeros_like(rows)
         for x, y, weight in self.chunks():
             total.add_(self._chunk_hvp(rows, x, y), alpha=weight)
@@ -269,31 +284,56 @@ class HessianOperator:
 
     def _chunk_hvp(self, rows: Tensor, x: Tensor, y: Tensor) -> Tensor:
         if self.method.startswith("forward_over_reverse"):
+            vectorised = self.method == "forward_over_reverse_vmap"
+            return forward_over_reverse(self.chunk_loss, self.theta, x, y, rows, vectorised)
+        graph = gradient_graph(self.chunk_loss, self.theta, x, y)
+        return double_backward(graph, rows, batched_group(self.method, len(y)), keep_graph=False)
 
-            def hvp(v: Tensor) -> Tensor:
-                return jvp(lambda th: grad(self.chunk_loss)(th, x, y), (self.theta,), (v,))[1]
+    def _choose_method(self, rows: Tensor) -> None:
+        """Set ``method`` to the fastest ``AUTO_CANDIDATES`` method on the first chunk and the
+        first ``TRIAL_PROBES`` rows, for sweeps of ``len(rows)`` (measured once per process and
+        ``_trial_key``)."""
+        trial = rows[:TRIAL_PROBES]
+        key = self._trial_key(len(rows))
+        if key not in _MEASURED:
+            x, y = self.x[: self.chunk_size], self.y[: self.chunk_size]
+            if self.reuse_graph and self._graph is None:
+                self._graph = gradient_graph(self.chunk_loss, self.theta, self.x, self.y)
+            reused = self._graph if self.reuse_graph else None
+            _MEASURED[key] = measure_methods(
+                self.chunk_loss, self.theta, x, y, trial, reused, width=len(rows)
+            )
+        self.method_timings = dict(_MEASURED[key])
+        self.method = fastest(self.method_timings)
+        if not self.method.startswith("double_backward"):
+            self.release()
 
-            if self.method == "forward_over_reverse_vmap":
-                return vmap(hvp)(rows)
-            return torch.stack([hvp(v) for v in rows])
-        theta = self.theta.detach().requires_grad_(True)
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(self.chunk_loss(theta, x, y), theta, create_graph=True)
-            group = 1
-            if self.method == "double_backward_batched":
-                group = max(1, BATCHED_SAMPLE_PROBES // len(y))
-            blocks = rows.split(group)
-            out = []
-            for i, block in enumerate(blocks):
-                retain = i < len(blocks) - 1
-                if len(block) == 1:
-                    out.append(
-                        torch.autograd.grad(g, theta, block[0], retain_graph=retain)[0][None]
-                    )
-                else:
-                    out.append(
-                        torch.autograd.grad(
-                            g, theta, block, retain_graph=retain, is_grads_batched=True
-                        )[0]
-                    )
-            return torch.cat(out)
+    def _trial_key(self, n_rows: int) -> tuple:
+        """What the measured speeds depend on: the model's layers and shapes, the chunk,
+        the rows, the dtype, device, BatchNorm policy and graph reuse."""
+        layers = tuple(type(m).__qualname__ for m in self.module.modules())
+        return (
+            type(self.loss_fn).__qualname__,
+            getattr(self.loss_fn, "__qualname__", ""),
+            layers,
+            tuple(self.shapes),
+            tuple(self.x[: self.chunk_size].shape),
+            n_rows,
+            self.dtype,
+            str(self.device),
+            self.bn_policy,
+            self.reuse_graph,
+            torch.get_num_threads(),
+        )
+
+
+# The measured seconds per row of every trial so far in this process (``_trial_key``), and
+# the methods operators have used, each with its trial's timings ({} when named).
+_MEASURED: dict[tuple, dict[str, float]] = {}
+_USED: dict[str, dict[str, float]] = {}
+
+
+def methods_used() -> dict[str, dict[str, float]]:
+    """The HVP methods this process's operators have applied, each with the seconds per row
+    its ``auto`` trial measured for every candidate ({} when the method was named)."""
+    return {method: dict(timings) for method, timings in _USED.items()}

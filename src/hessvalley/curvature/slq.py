@@ -56,7 +56,9 @@ def stochastic_lanczos_quadrature(
     n_steps: int = 80,
     reorthogonalise: bool = True,
 ) -> SpectralQuadrature:
-    """Quadrature from ``n_starts`` Rademacher starts of ``n_steps`` Lanczos steps each."""
+    """Quadrature from ``n_starts`` Rademacher starts of ``n_steps`` Lanczos steps each; the
+    starts are the generator's first ``n_starts`` probes (``rademacher``), whatever the
+    operator's ``probes_per_sweep``."""
     starts = rademacher(op.size, n_starts, generator, op)
     tridiagonal = lanczos_tridiagonal(op, starts, n_steps, reorthogonalise=reorthogonalise)
     nodes, vectors = torch.linalg.eigh(tridiagonal)
