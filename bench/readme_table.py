@@ -44,10 +44,10 @@ def render_table(results_dir: Path = BENCH / "results") -> str:
     ]
     for path in sorted(results_dir.glob("*.json")):
         record = json.loads(path.read_text())
-        where = (
-            f"{record['commit']}, {record['date'][:10]}, "
-            f"{record['machine']['cores']} × {record['machine']['cpu']}"
-        )
+        machine = record["machine"]
+        where = f"{record['commit']}, {record['date'][:10]}, {machine['cores']} × {machine['cpu']}"
+        if machine.get("gpu"):
+            where += f", {machine['gpu']}"
         for i, row in enumerate(record["figures"]):
             first = i == 0
             lines.append(

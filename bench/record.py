@@ -65,9 +65,12 @@ def write_result(
     figures: Sequence[dict[str, Any]],
     settings: dict[str, Any] | None = None,
     results_dir: Path = RESULTS,
+    details: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``<results_dir>/<name>.json`` and return its path (``name`` is the script's name,
-    or the script's name and a variant, e.g. the model, when one script measures several)."""
+    or the script's name and a variant, e.g. the model, when one script measures several).
+    ``details``: what a script found beyond its figures (choices made, parts skipped or
+    failed and why), kept in the file but not in README's table."""
     record = {
         "name": name,
         "script": Path(sys.argv[0]).name,
@@ -79,6 +82,8 @@ def write_result(
         "settings": settings or {},
         "figures": list(figures),
     }
+    if details is not None:
+        record["details"] = details
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{name}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
