@@ -273,14 +273,18 @@ class HessianOperator:
             self._choose_method(rows)
         _USED.setdefault(self.method, self.method_timings)
         if self.reuse_graph and self.method.startswith("double_backward"):
-            if self._graph is None:
-                self._graph = gradient_graph(self.chunk_loss, self.theta, self.x, self.y)
             group = batched_group(self.method, self.n_samples)
-            return double_backward(self._graph, rows, group, keep_graph=True)
+            return double_backward(self._kept_graph(), rows, group, keep_graph=True)
         total = torch.zeros_like(rows)
         for x, y, weight in self.chunks():
             total.add_(self._chunk_hvp(rows, x, y), alpha=weight)
         return total
+
+    def _kept_graph(self) -> GradientGraph:
+        """The whole data's gradient graph, built on first use and kept until ``release``."""
+        if self._graph is None:
+            self._graph = gradient_graph(self.chunk_loss, self.theta, self.x, self.y)
+        return self._graph
 
     def _chunk_hvp(self, rows: Tensor, x: Tensor, y: Tensor) -> Tensor:
         if self.method.startswith("forward_over_reverse"):
@@ -297,9 +301,7 @@ class HessianOperator:
         key = self._trial_key(len(rows))
         if key not in _MEASURED:
             x, y = self.x[: self.chunk_size], self.y[: self.chunk_size]
-            if self.reuse_graph and self._graph is None:
-                self._graph = gradient_graph(self.chunk_loss, self.theta, self.x, self.y)
-            reused = self._graph if self.reuse_graph else None
+            reused = self._kept_graph() if self.reuse_graph else None
             _MEASURED[key] = measure_methods(
                 self.chunk_loss, self.theta, x, y, trial, reused, width=len(rows)
             )
